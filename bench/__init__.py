@@ -1,0 +1,1 @@
+"""bench: adaptation-method benchmark harness."""
