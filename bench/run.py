@@ -1,0 +1,170 @@
+"""One run, top to bottom: task -> model -> method -> train -> evaluate -> measure -> record."""
+from __future__ import annotations
+
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from bench import batches as batching
+from bench import config as bconfig
+from bench import measure, record
+from bench.train import Diverged
+
+
+def _logger(cfg: DictConfig, folder: Path):
+    if cfg.logger.name == "none" or cfg.logger.get("mode") == "disabled":
+        return record.NullLogger()
+    tags = [f"task:{cfg.task.name}", f"model:{cfg.model.name}", f"method:{cfg.method.name}"]
+    return record.WandbLogger(cfg.logger, folder, name=bconfig.run_name(cfg), group=str(cfg.sweep),
+                              job_type=cfg.method.name, tags=tags)
+
+
+def evaluate_metrics(task_spec: DictConfig, predictions: list, references: list) -> dict:
+    from bench import metrics
+
+    args = task_spec.get("metric_args") or {}
+    scores = {}
+    for name in task_spec.metrics:
+        out = metrics.load(name).compute(predictions=predictions, references=references, **dict(args.get(name, {})))
+        scores.update({k: float(v) for k, v in out.items()})
+    return scores
+
+
+def _save_what_is_kept(adapted, out: Path, keep: str) -> dict:
+    """save_pretrained what a user must keep for this task, measure it, delete it if not wanted."""
+    if adapted.kind == "hard_prompt":
+        path = out / "prompt"
+        path.mkdir(exist_ok=True)
+        (path / "prompt.txt").write_text(adapted.prompt_prefix, encoding="utf-8")
+        info = measure.storage(path)
+        info["kept"] = True
+        return info
+    path = out / ("adapter" if adapted.kind == "peft" else "model")
+    adapted.model.save_pretrained(path, safe_serialization=True)
+    info = measure.storage(path)
+    info["kept"] = keep == "all" or (keep == "adapters" and adapted.kind == "peft")
+    if not info["kept"]:
+        shutil.rmtree(path, ignore_errors=True)
+    return info
+
+
+def execute(cfg: DictConfig) -> dict:
+    """Run one configuration and return its result (also written to result.json)."""
+    bconfig.validate(cfg)
+    out = bconfig.run_dir(cfg)
+    previous = record.read_result(out)
+    if previous and previous.get("status") == "finished" and not cfg.force:
+        print(f"bench: skip {out.name}: already finished ({out / record.RESULT_FILE}); force=true re-runs it")
+        previous["skipped"] = True
+        return previous
+
+    resolved = bconfig.to_container(cfg)
+    result = {
+        "schema_version": record.SCHEMA_VERSION, "status": "running", "run": out.name, "identity": bconfig.identity(cfg),
+        "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed,
+        "sweep": str(cfg.sweep), "primary_metric": cfg.task.primary_metric, "config": record.redact(resolved),
+    }
+    logger = _logger(cfg, out)  # an online logger without a key fails here, before any compute
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        logger.start(result["config"])
+        _train_and_measure(cfg, out, result, logger)
+        result["status"] = "finished"
+    except Diverged as err:
+        result.update(status="diverged", error=str(err), diverged_step=err.step)
+    except Exception as err:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+        result.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+    except BaseException:  # Ctrl-C / SystemExit: record it, then stop
+        result.update(status="interrupted", error="interrupted")
+        raise
+    finally:
+        result.setdefault("time", {})["total_s"] = time.perf_counter() - started
+        record.write_json_atomic(out / record.RESULT_FILE, result)
+        logger.summary(record.flatten(result))
+        if result.get("storage", {}).get("kept") and result["status"] == "finished":
+            kept = out / ("adapter" if (out / "adapter").is_dir() else "model")
+            if kept.is_dir() and result["storage"]["bytes"] <= cfg.logger.get("artifact_max_bytes", 0):
+                logger.artifact(kept, out.name, "adapter" if kept.name == "adapter" else "model")
+        logger.finish(failed=result["status"] != "finished")
+    print(record.summary_line(result))
+    return result
+
+
+def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None:
+    from transformers import set_seed
+
+    from bench import methods, models, tasks, train
+
+    t, m, tr = cfg.task, cfg.model, cfg.trainer
+    cache = cfg.paths.cache_dir
+    set_seed(cfg.seed)
+    result["seeds"] = {"python": cfg.seed, "numpy": cfg.seed, "torch": cfg.seed, "batch_order": cfg.seed,
+                       "data_subset": tr.data_seed, "demonstrations": cfg.seed}
+
+    data = tasks.load_task(t, cfg.paths.data_dir, tr, cache)
+    result["data"] = data.source
+    tokenizer = models.load_tokenizer(m, cache)
+    model = models.load_model(m, t, tokenizer, cache)
+    adapted = methods.apply_method(cfg.method, model, m.kind, t, tokenizer, data.train, cfg.seed)
+
+    regression = t.type == "regression"
+    label_ids = batching.verbalizer_ids(t, tokenizer) if m.kind == "decoder" else None
+    train_ds = batching.tokenize(data.train, t, tokenizer, tr.max_length, m.kind, adapted.prompt_prefix)
+    eval_ds = batching.tokenize(data.validation, t, tokenizer, tr.max_length, m.kind, adapted.prompt_prefix)
+    eval_lengths = list(eval_ds["length"])
+    train_lengths = list(train_ds["length"])
+    if m.kind == "decoder":  # the training sequence is prompt + the label's verbalizer tokens
+        train_lengths = [n + len(label_ids[y]) for n, y in zip(train_lengths, train_ds["labels"])]
+
+    accelerator = train.make_accelerator(tr)
+    total, trainable = measure.count_params(adapted.model)
+    result["params"] = {"total": total, "trainable": trainable,
+                        "trainable_percent": 100.0 * trainable / total if total else 0.0}
+
+    train_stats = train.PhaseStats()
+    if trainable > 0:
+        order = batching.train_batches(train_lengths, tr.batch_size, cfg.seed, tr.group_by_length, tr.epochs)
+        real, processed = batching.padding_stats(train_lengths, order)
+        if m.kind == "decoder":
+            collate = batching.DecoderTrainCollator(tokenizer, label_ids)
+        else:
+            collate = batching.EncoderCollator(tokenizer, regression)
+        train_stats = train.train(adapted.model, train_ds, order, train_lengths, collate, lr=cfg.method.lr,
+                                  trainer_cfg=tr, accelerator=accelerator, on_log=logger.log)
+        result["throughput"] = {"real_token_fraction": real / processed}
+        adapted.model = accelerator.unwrap_model(adapted.model)
+
+    collate = batching.DecoderEvalCollator(tokenizer) if m.kind == "decoder" else batching.EncoderCollator(tokenizer, regression)
+    predictions, references, eval_stats = train.predict(
+        adapted.model, eval_ds, batching.eval_batches(eval_lengths, tr.eval_batch_size), eval_lengths, collate,
+        accelerator=accelerator, kind=m.kind, regression=regression, label_ids=label_ids)
+    result["metrics"] = evaluate_metrics(t, predictions, references)
+
+    kept = _save_what_is_kept(adapted, out, tr.keep_weights)
+    result["params"]["stored"] = kept.pop("stored_params")
+    result["storage"] = kept
+
+    result.setdefault("throughput", {}).update({
+        "train_tokens_per_s": train_stats.tokens_per_s, "train_samples_per_s": train_stats.samples_per_s,
+        "eval_tokens_per_s": eval_stats.tokens_per_s, "eval_samples_per_s": eval_stats.samples_per_s,
+        "virtual_tokens": adapted.virtual_tokens,
+        "virtual_tokens_counted": False,  # tokens/s counts real input tokens only
+        "train_steps": train_stats.steps, "train_samples": train_stats.samples, "train_tokens": train_stats.tokens,
+        "eval_samples": eval_stats.samples, "eval_tokens": eval_stats.tokens,
+    })
+    peak_train = train_stats.peak_memory.get("peak_bytes")
+    peak_eval = eval_stats.peak_memory.get("peak_bytes")
+    result["memory"] = {
+        "peak_bytes": max(x for x in (peak_train, peak_eval) if x is not None),
+        "train_peak_bytes": peak_train, "eval_peak_bytes": peak_eval,
+        "method": eval_stats.peak_memory.get("method"),
+    }
+    if "peak_reserved_bytes" in eval_stats.peak_memory:
+        result["memory"]["peak_reserved_bytes"] = max(
+            train_stats.peak_memory.get("peak_reserved_bytes", 0), eval_stats.peak_memory["peak_reserved_bytes"])
+    result["time"] = {"train_s": train_stats.seconds, "eval_s": eval_stats.seconds}
+    result["env"] = measure.environment(accelerator.device, bconfig.project_root())

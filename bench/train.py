@@ -1,0 +1,159 @@
+"""The training loop and the evaluation pass: plain PyTorch on `accelerate`, measured as it runs."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from bench.measure import PeakMemory, Throughput, synchronize
+
+
+class Diverged(RuntimeError):
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+@dataclass
+class PhaseStats:
+    seconds: float = 0.0
+    tokens_per_s: float | None = None
+    samples_per_s: float | None = None
+    steps: int = 0
+    samples: int = 0
+    tokens: int = 0
+    peak_memory: dict = field(default_factory=dict)
+
+
+def make_accelerator(trainer_cfg):
+    from accelerate import Accelerator
+
+    want_cuda = trainer_cfg.device == "cuda" or (trainer_cfg.device == "auto" and torch.cuda.is_available())
+    if trainer_cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
+    precision = trainer_cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if want_cuda and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(cpu=not want_cuda, mixed_precision=precision)
+
+
+def _loader(dataset, batches, collate) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0)
+
+
+def train(model, dataset, batches: list[list[int]], lengths: list[int], collate, *, lr: float,
+          trainer_cfg, accelerator, on_log: Callable[[dict], None] | None = None) -> PhaseStats:
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=trainer_cfg.weight_decay)
+    total_steps = len(batches) if trainer_cfg.max_steps is None else min(len(batches), trainer_cfg.max_steps)
+    batches = batches[:total_steps]
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(trainer_cfg.warmup_ratio * total_steps), total_steps)
+    loader = _loader(dataset, batches, collate)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # real-token counts come from the known lengths: no device sync needed to count them
+    batch_tokens = [sum(lengths[i] for i in b) for b in batches]
+
+    device = accelerator.device
+    memory = PeakMemory(device)
+    memory.reset()
+    meter = Throughput(device, trainer_cfg.throughput_warmup_steps)
+    model.train()
+    start = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=total_steps, desc="train", disable=not accelerator.is_main_process,
+                    mininterval=5, leave=False)
+    for step, batch in enumerate(loader):
+        meter.before_step()
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        if trainer_cfg.grad_clip:
+            accelerator.clip_grad_norm_(params, trainer_cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        meter.after_step(len(batches[step]), batch_tokens[step])
+        value = loss.item()
+        if not math.isfinite(value):
+            raise Diverged(step + 1, value)
+        progress.update(1)
+        if on_log and ((step + 1) % trainer_cfg.log_every == 0 or step + 1 == total_steps):
+            on_log({"step": step + 1, "train/loss": value, "train/lr": scheduler.get_last_lr()[0]})
+    progress.close()
+    meter.stop()
+    synchronize(device)
+    tokens_per_s, samples_per_s = meter.rates()
+    return PhaseStats(time.perf_counter() - start, tokens_per_s, samples_per_s, meter.steps,
+                      meter.samples, meter.tokens, memory.read())
+
+
+def _last_position_logits(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    # prompt tuning prepends virtual tokens to the outputs: keep the last seq_len positions
+    logits = logits[:, -attention_mask.shape[1]:]
+    last = attention_mask.sum(dim=1) - 1
+    return logits[torch.arange(logits.shape[0], device=logits.device), last]
+
+
+def choice_scores(model, batch: dict, label_ids: list[list[int]]) -> torch.Tensor:
+    """Log-probability of each label's verbalizer continuation after each prompt: (batch, labels)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if all(len(x) == 1 for x in label_ids):  # one forward pass reads every single-token label
+        logits = _last_position_logits(model(input_ids=ids, attention_mask=mask).logits, mask)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        return logprobs[:, [x[0] for x in label_ids]]
+    scores = []
+    lengths = mask.sum(dim=1)
+    for answer in label_ids:  # multi-token labels: one pass per label, summing the continuation
+        k = len(answer)
+        rows = [torch.cat([ids[i, :lengths[i]], ids.new_tensor(answer)]) for i in range(ids.shape[0])]
+        width = max(len(r) for r in rows)
+        seq = ids.new_zeros((len(rows), width))  # padding is masked out
+        att = torch.zeros_like(seq)
+        for i, r in enumerate(rows):
+            seq[i, :len(r)], att[i, :len(r)] = r, 1
+        logits = model(input_ids=seq, attention_mask=att).logits[:, -width:].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        total = torch.zeros(len(rows), device=logits.device)
+        for i in range(len(rows)):
+            start = int(lengths[i])
+            for j in range(k):  # token at start+j is predicted at position start+j-1
+                total[i] += logprobs[i, start + j - 1, answer[j]]
+        scores.append(total)
+    return torch.stack(scores, dim=1)
+
+
+@torch.inference_mode()
+def predict(model, dataset, batches: list[list[int]], lengths: list[int], collate, *, accelerator,
+            kind: str, regression: bool, label_ids: list[list[int]] | None, warmup_batches: int = 1):
+    """Predictions and references over the evaluation split, with eval throughput."""
+    device = accelerator.device
+    model.eval()
+    memory = PeakMemory(device)
+    memory.reset()
+    meter = Throughput(device, min(warmup_batches, max(len(batches) - 1, 0)))
+    predictions, references = [], []
+    start = time.perf_counter()
+    for b, batch in enumerate(_loader(dataset, batches, collate)):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        meter.before_step()
+        with accelerator.autocast():
+            if kind == "decoder":
+                pred = choice_scores(model, batch, label_ids).argmax(dim=-1)
+            else:
+                logits = model(**batch).logits
+                pred = logits.squeeze(-1).float() if regression else logits.argmax(dim=-1)
+        predictions += pred.tolist()
+        references += labels.tolist()
+        meter.after_step(len(batches[b]), sum(lengths[i] for i in batches[b]))
+    meter.stop()
+    tokens_per_s, samples_per_s = meter.rates()
+    stats = PhaseStats(time.perf_counter() - start, tokens_per_s, samples_per_s, meter.steps, meter.samples,
+                       meter.tokens, memory.read())
+    return predictions, references, stats
