@@ -23,9 +23,11 @@ def _main(cfg: DictConfig) -> None:
 
     from bench.run import execute
 
-    single = HydraConfig.get().mode == RunMode.RUN
+    hydra_cfg = HydraConfig.get()
+    single = hydra_cfg.mode == RunMode.RUN
+    command = ["bench", *sys.argv[1:]]
     try:
-        result = execute(cfg)
+        result = execute(cfg, overrides=list(hydra_cfg.overrides.task), command=command)
     except ConfigError as err:
         print(f"bench: config error: {err}", file=sys.stderr)
         if single:

@@ -113,8 +113,14 @@ def validate(cfg: DictConfig) -> None:
         if "r" in peft_cfg:
             _require(_positive_int(peft_cfg.r), "method.peft.r", f"must be an integer >= 1, got {peft_cfg.r!r}")
         if "num_virtual_tokens" in peft_cfg:
-            _require(_positive_int(peft_cfg.num_virtual_tokens), "method.peft.num_virtual_tokens",
-                     f"must be an integer >= 1, got {peft_cfg.num_virtual_tokens!r}")
+            from_text = peft_cfg.num_virtual_tokens is None and method.get("init") is not None \
+                and method.init.mode == "text"  # null = as many as the init text has tokens
+            _require(from_text or _positive_int(peft_cfg.num_virtual_tokens), "method.peft.num_virtual_tokens",
+                     f"must be an integer >= 1 (or null with method.init.mode=text), got {peft_cfg.num_virtual_tokens!r}")
+    if method.name == "hard_prompt":
+        shots = method.get("shots")
+        _require(isinstance(shots, int) and not isinstance(shots, bool) and shots >= 0, "method.shots",
+                 f"must be an integer >= 0, got {shots!r}")
     init = method.get("init")
     if init is not None:
         modes = ("random", "vocab", "text", "labels")

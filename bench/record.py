@@ -179,3 +179,32 @@ class WandbLogger:
         if self.run is not None:
             self._guard("finish", self.run.finish, exit_code=1 if failed else 0)
             self.run = None
+
+
+def read_wandb_run(run_folder: Path) -> dict:
+    """Read an offline W&B run back with wandb's own reader (`wandb leet inspect --json`).
+
+    Returns {"summary": merged summary, "history": [logged rows], "config": {...}}.
+    """
+    import shutil as _shutil
+    import subprocess
+    import sys
+
+    files = sorted(Path(run_folder).glob("wandb/offline-run-*/*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no offline W&B run under {run_folder}/wandb")
+    exe = _shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
+    out = subprocess.run([exe, "leet", "inspect", "--json", str(files[-1])], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    summary, history, config = {}, [], {}
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        rec = json.loads(line)
+        if rec.get("type") == "summary":
+            summary.update(rec["summary"].get("update", {}))
+        elif rec.get("type") == "history":
+            history.append(rec["history"].get("item", {}))
+        elif rec.get("type") == "run":
+            config.update(rec["run"].get("config", {}).get("update", {}))
+    return {"summary": summary, "history": history, "config": config}

@@ -14,11 +14,13 @@ from bench import measure, record
 from bench.train import Diverged
 
 
-def _logger(cfg: DictConfig, folder: Path):
+def _logger(cfg: DictConfig, folder: Path, overrides: list[str]):
     if cfg.logger.name == "none" or cfg.logger.get("mode") == "disabled":
         return record.NullLogger()
     tags = [f"task:{cfg.task.name}", f"model:{cfg.model.name}", f"method:{cfg.method.name}"]
-    return record.WandbLogger(cfg.logger, folder, name=bconfig.run_name(cfg), group=str(cfg.sweep),
+    # the name says what differs from the defaults; the folder name is the fallback
+    name = " ".join(o for o in overrides if not o.startswith(("paths.", "logger", "hydra"))) or folder.name
+    return record.WandbLogger(cfg.logger, folder, name=name[:128], group=str(cfg.sweep),
                               job_type=cfg.method.name, tags=tags)
 
 
@@ -51,8 +53,12 @@ def _save_what_is_kept(adapted, out: Path, keep: str) -> dict:
     return info
 
 
-def execute(cfg: DictConfig) -> dict:
-    """Run one configuration and return its result (also written to result.json)."""
+def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[str] | None = None) -> dict:
+    """Run one configuration and return its result (also written to result.json).
+
+    overrides / command: the Hydra overrides of this job and the command line of the sweep, recorded
+    so that a report can say exactly what produced each run.
+    """
     bconfig.validate(cfg)
     out = bconfig.run_dir(cfg)
     previous = record.read_result(out)
@@ -66,8 +72,9 @@ def execute(cfg: DictConfig) -> dict:
         "schema_version": record.SCHEMA_VERSION, "status": "running", "run": out.name, "identity": bconfig.identity(cfg),
         "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed,
         "sweep": str(cfg.sweep), "primary_metric": cfg.task.primary_metric, "config": record.redact(resolved),
+        "overrides": list(overrides or []), "command": list(command or []),
     }
-    logger = _logger(cfg, out)  # an online logger without a key fails here, before any compute
+    logger = _logger(cfg, out, result["overrides"])  # an online logger without a key fails here, before any compute
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
