@@ -9,6 +9,10 @@ from omegaconf import DictConfig
 
 from bench.config import CONF_DIR, ConfigError, register_resolvers
 
+# SIGTERM'd runs save a checkpoint and exit with this code (EX_TEMPFAIL: "try again"); the same
+# command then resumes from the checkpoint.
+EXIT_PREEMPTED = 75
+
 register_resolvers()
 # offline by default: no run-time network for models, data, metrics or W&B
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -32,9 +36,14 @@ def _main(cfg: DictConfig) -> None:
         print(f"bench: config error: {err}", file=sys.stderr)
         if single:
             sys.exit(2)
-        return
+        return float("nan")
+    if result.get("status") == "preempted":
+        sys.exit(EXIT_PREEMPTED)  # also ends a sweep: the whole job is being stopped
     if single and result.get("status") != "finished":
         sys.exit(1)
+    # the objective for sweepers that optimise (Optuna): the primary metric; NaN marks a failed trial
+    value = (result.get("metrics") or {}).get(result.get("primary_metric"))
+    return float(value) if value is not None else float("nan")
 
 
 def main() -> None:

@@ -71,10 +71,41 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+# The keys each group may have. A typo in a YAML file or a `+key=` override fails here instead of
+# being silently ignored. Trainer keys are those of the base preset, conf/trainer/quick.yaml.
+ALLOWED_KEYS = {
+    "": {"task", "model", "method", "trainer", "logger", "paths", "seed", "sweep", "force"},
+    "task": {"name", "description", "files", "hub", "text_fields", "label_field", "type", "label_names",
+             "metrics", "metric_args", "primary_metric", "prompt"},
+    "model": {"name", "description", "kind", "source", "tokenizer", "attention_modules", "trust_remote_code",
+              "architecture", "config"},
+    "method": {"name", "description", "lr", "peft", "init", "shots", "instruction"},
+    "logger": {"name", "project", "entity", "mode", "artifact_max_bytes"},
+    "paths": {"root", "data_dir", "results_dir", "cache_dir"},
+}
+
+
+def _trainer_keys() -> set[str]:
+    return set(OmegaConf.load(CONF_DIR / "trainer" / "quick.yaml"))
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    allowed = dict(ALLOWED_KEYS, trainer=_trainer_keys())
+    for group, keys in allowed.items():
+        node = cfg if group == "" else cfg.get(group)
+        if node is None:
+            continue
+        for key in node:
+            if key not in keys and not (group == "" and key == "hydra"):
+                where = group or "config"
+                raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(sorted(keys))}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Cheap checks that catch impossible settings in seconds, before a model is loaded."""
     from bench import metrics
 
+    _check_keys(cfg)
     t, m, method, tr = cfg.task, cfg.model, cfg.method, cfg.trainer
     _require(isinstance(cfg.seed, int), "seed", f"must be an integer, got {cfg.seed!r}")
 
@@ -128,9 +159,9 @@ def validate(cfg: DictConfig) -> None:
 
     for key in ("batch_size", "eval_batch_size", "epochs", "max_length", "log_every"):
         _require(_positive_int(tr[key]), f"trainer.{key}", f"must be an integer >= 1, got {tr[key]!r}")
-    for key in ("train_samples", "eval_samples", "max_steps"):
-        _require(tr[key] is None or _positive_int(tr[key]), f"trainer.{key}",
-                 f"must be null or an integer >= 1, got {tr[key]!r}")
+    for key in ("train_samples", "eval_samples", "max_steps", "checkpoint_every"):
+        _require(tr.get(key) is None or _positive_int(tr.get(key)), f"trainer.{key}",
+                 f"must be null or an integer >= 1, got {tr.get(key)!r}")
     _require(0 <= tr.warmup_ratio < 1, "trainer.warmup_ratio", f"must be in [0, 1), got {tr.warmup_ratio!r}")
     _require(tr.device in ("auto", "cpu", "cuda"), "trainer.device", f"must be auto, cpu or cuda, got {tr.device!r}")
     _require(tr.mixed_precision in ("auto", "no", "bf16", "fp16"), "trainer.mixed_precision",

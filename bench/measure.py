@@ -174,3 +174,49 @@ def environment(device: torch.device, root: Path) -> dict:
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }
+
+
+# ---------------------------------------------------------------------------- model FLOPs utilisation
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s. Matched against
+# torch.cuda.get_device_name() by substring, first match wins (so "H100 PCIe" precedes "H100").
+PEAK_BF16_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+    ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def peak_flops(device_name: str) -> float | None:
+    for key, value in PEAK_BF16_FLOPS:
+        if key in device_name:
+            return value
+    return None
+
+
+def train_flops_per_token(model: torch.nn.Module) -> float:
+    """Matmul FLOPs per processed token for one training step (attention scores left out).
+
+    Every linear layer costs 2N forward and 2N for the gradient w.r.t. its input (needed to reach
+    any trainable parameter below it), plus 2N for its weight gradient only when the weight is
+    trained: 6N for full fine-tuning, ~4N for frozen-base methods (LoRA / prefix / prompt) plus 6N
+    for their own small trainable matrices. A tied LM head counts as the linear layer it is.
+    """
+    flops = 0.0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            n = module.weight.numel()
+            flops += 4 * n + (2 * n if module.weight.requires_grad else 0)
+    return flops
+
+
+def eval_flops_per_token(model: torch.nn.Module) -> float:
+    return float(sum(2 * m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)))
+
+
+def mfu(flops_per_token: float, tokens_per_s: float | None, device: torch.device, device_name: str) -> float | None:
+    """Achieved / peak FLOP/s; None on the CPU (no trustworthy peak) or for an unknown GPU."""
+    if tokens_per_s is None or device.type != "cuda":
+        return None
+    peak = peak_flops(device_name)
+    return flops_per_token * tokens_per_s / peak if peak else None

@@ -33,7 +33,8 @@ def init_text(method_cfg: DictConfig, task_spec: DictConfig) -> str:
     if prompt is None or not prompt.get("instruction"):
         raise ValueError(f"method.init.text: task {task_spec.name} has no prompt.instruction to start from; "
                          "set method.init.text")
-    return prompt.instruction
+    # exactly the zero-shot hard prompt's text, so the soft prompt starts where the hard prompt is
+    return tasks.hard_prompt_prefix(task_spec, [], with_instruction=True)
 
 
 def _sample_vocab(tokenizer, n: int, generator: torch.Generator) -> list[int]:

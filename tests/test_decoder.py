@@ -75,7 +75,9 @@ def test_soft_prompt_text_init_copies_the_instruction_embeddings(compose):
     tokenizer = models.load_tokenizer(cfg.model, cfg.paths.cache_dir)
     model = models.load_model(cfg.model, cfg.task, tokenizer, cfg.paths.cache_dir)
     adapted = methods.apply_method(cfg.method, model, "decoder", cfg.task, tokenizer, None, seed=0)
-    ids = tokenizer(cfg.task.prompt.instruction, add_special_tokens=False)["input_ids"]
+    text = tasks.hard_prompt_prefix(cfg.task, [], with_instruction=True)  # the zero-shot hard prompt
+    assert text.startswith(cfg.task.prompt.instruction)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert adapted.virtual_tokens == len(ids)
     prompt = adapted.model.prompt_encoder["default"].embedding.weight
     words = adapted.model.get_input_embeddings().weight[torch.tensor(ids)]
