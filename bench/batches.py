@@ -11,29 +11,35 @@ import random
 import torch
 from omegaconf import DictConfig
 
-from bench import tasks
 
 BUCKET_BATCHES = 50  # batches per sorting bucket: big enough to group lengths, small enough to stay random
 
 
 def tokenize(split, task_spec: DictConfig, tokenizer, max_length: int, kind: str, prompt_prefix: str = ""):
-    """Add input_ids / attention_mask (/ token_type_ids) / labels / length; drop the raw columns."""
+    """Add input_ids / attention_mask (/ token_type_ids) / labels / length; drop the raw columns.
+
+    `datasets` caches the result under a fingerprint of this function and what it closes over, so
+    the closure holds only plain values: a sweep then tokenises each task once per model and
+    prompt, whatever the method.
+    """
     label_field = task_spec.label_field
     regression = task_spec.type == "regression"
+    text_fields = list(task_spec.text_fields)
 
     if kind == "encoder":
         def encode(batch):
-            texts = [batch[name] for name in task_spec.text_fields]
+            texts = [batch[name] for name in text_fields]
             out = tokenizer(*texts, truncation=True, max_length=max_length)
             out["labels"] = [float(x) for x in batch[label_field]] if regression else batch[label_field]
             out["length"] = [len(ids) for ids in out["input_ids"]]
             return out
     else:
         budget = max_length - max(len(ids) for ids in verbalizer_ids(task_spec, tokenizer))
+        template = task_spec.prompt.template
 
         def encode(batch):
             rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            prompts = [prompt_prefix + tasks.format_example(task_spec, row) for row in rows]
+            prompts = [prompt_prefix + template.format(**{f: row[f] for f in text_fields}) for row in rows]
             ids = [x[-budget:] for x in tokenizer(prompts)["input_ids"]]  # keep the end: it holds the question
             return {"input_ids": ids, "labels": batch[label_field], "length": [len(x) for x in ids]}
 

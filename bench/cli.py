@@ -14,9 +14,8 @@ from bench.config import CONF_DIR, ConfigError, register_resolvers
 EXIT_PREEMPTED = 75
 
 register_resolvers()
-# offline by default: no run-time network for models, data, metrics or W&B
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Models, local data and metrics never need the network; the hub is only tried for a task whose
+# local files are missing (users who are online), and W&B is offline unless logger.mode=online.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

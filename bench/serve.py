@@ -104,9 +104,27 @@ def _param_bytes(module: torch.nn.Module) -> int:
 
 
 def _rss() -> int:
+    """Resident set size after returning freed heap to the OS, so that a difference of two readings
+    is what was kept in between, not allocator reuse of memory freed earlier."""
+    import ctypes
+    import gc
+
     import psutil
 
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: readings are rougher
+        pass
     return psutil.Process().memory_info().rss
+
+
+@torch.no_grad()
+def _touch(module: torch.nn.Module) -> None:
+    # safetensors weights may be memory-mapped and paged in only when first read: read every one
+    # so that RSS counts what serving holds resident
+    for p in module.parameters():
+        p.sum()
 
 
 def _sync(device: torch.device) -> None:
@@ -171,6 +189,7 @@ def _serve_group(runs: list[Served], repeats: int, mixed: bool) -> dict:
     started = time.perf_counter()
     base = models.load_model(first.model, first.task, tokenizer, cache)
     base_load_s = time.perf_counter() - started
+    _touch(base)
     rss_base = _rss()
     base_param_bytes = _param_bytes(base)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -191,6 +210,7 @@ def _serve_group(runs: list[Served], repeats: int, mixed: bool) -> dict:
             model.load_adapter(str(s.folder / "adapter"), adapter_name=s.name)
         first_load_s[s.name] = time.perf_counter() - started
         s.virtual_tokens = int(getattr(model.peft_config[s.name], "num_virtual_tokens", 0) or 0)
+    _touch(model)
     rss_served = _rss()
     served_param_bytes = _param_bytes(model)
 
@@ -202,7 +222,8 @@ def _serve_group(runs: list[Served], repeats: int, mixed: bool) -> dict:
 
     # ---- accuracy after swapping: evaluate each task with its adapter switched in among the others
     per_run, predictions = [], {}
-    for s in runs:
+    # reversed: from_pretrained left the first adapter active, so every evaluation follows a real switch
+    for s in reversed(runs):
         model.set_adapter(s.name, inference_mode=True)
         regression = s.cfg.task.type == "regression"
         preds, refs, stats = train.predict(model, _ListDataset(s.rows), s.order, s.lengths,
@@ -223,8 +244,11 @@ def _serve_group(runs: list[Served], repeats: int, mixed: bool) -> dict:
             "adapter_bytes_on_disk": measure.storage(s.folder / "adapter")["bytes"],
             "first_load_ms": 1000.0 * first_load_s[s.name],
         })
+    per_run.reverse()
 
-    # ---- latencies: switching among the loaded adapters, and loading one more (then deleting it)
+    mixed_section = _mixed_batch_eval(model, runs, predictions, tokenizer, accelerator) if mixed else None
+
+    # ---- latencies: switching among the loaded adapters, and loading one more (last: it adds adapters)
     names = [s.name for s in runs]
     switch = []
     for k in range(repeats):
@@ -239,10 +263,11 @@ def _serve_group(runs: list[Served], repeats: int, mixed: bool) -> dict:
         s = runs[k % len(runs)]
         _sync(device)
         started = time.perf_counter()
-        model.load_adapter(str(s.folder / "adapter"), adapter_name="_probe")
+        # a new name each time and no delete_adapter: PEFT 0.21's delete_adapter fails for prompt
+        # learning with a classifier head once two or more other adapters remain
+        model.load_adapter(str(s.folder / "adapter"), adapter_name=f"probe{k}")
         _sync(device)
         load.append(time.perf_counter() - started)
-        model.delete_adapter("_probe")
 
     n = len(runs)
     group = {
@@ -253,7 +278,7 @@ def _serve_group(runs: list[Served], repeats: int, mixed: bool) -> dict:
             "switch_ms_median": _median_ms(switch), "switch_ms_max": 1000.0 * max(switch), "switch_repeats": repeats,
             "load_ms_median": _median_ms(load), "load_repeats": repeats,
             "how": "switch: PeftModel.set_adapter(name) cycling through the loaded adapters; load: "
-                   "PeftModel.load_adapter(path) of a kept adapter from disk (page cache warm), deleted after each; "
+                   "PeftModel.load_adapter(path) of a kept adapter from disk (page cache warm) under a new name; "
                    "wall clock, CUDA synchronised",
         },
         "storage": {
@@ -271,7 +296,7 @@ def _serve_group(runs: list[Served], repeats: int, mixed: bool) -> dict:
         },
     }
     if mixed:
-        group["mixed_batch"] = _mixed_batch_eval(model, runs, predictions, tokenizer, accelerator)
+        group["mixed_batch"] = mixed_section
     return {"group": group, "runs": per_run}
 
 
@@ -310,7 +335,9 @@ class MixedPromptForward:
         from peft.utils.other import ModulesToSaveWrapper
 
         self.model, self.base = model, model.get_base_model()
-        self.embed = getattr(model, "word_embeddings", None) or model.get_input_embeddings()
+        self.embed = getattr(model, "word_embeddings", None)  # what PEFT's own forward embeds with
+        if self.embed is None:
+            self.embed = model.get_input_embeddings()
         prompts = [model.prompt_encoder[n].embedding.weight for n in names]
         self.width = max(p.shape[0] for p in prompts)
         self.counts = torch.tensor([p.shape[0] for p in prompts])
@@ -517,6 +544,8 @@ def serve_eval(results_dir, method: str, out=None, *, repeats: int = 20, mixed: 
     method = method.lower()
     if method not in PEFT_METHODS:
         raise ValueError(f"method {method!r}: serving adapters needs a PEFT method, one of {PEFT_METHODS}")
+    if not results_dir.is_dir():
+        raise ValueError(f"{results_dir}: no such folder")
     runs, skipped = find_runs(results_dir, method)
     if not runs:
         raise ValueError(f"{results_dir}: no finished method={method} run with an adapter/ folder"
@@ -552,9 +581,10 @@ def serve_eval(results_dir, method: str, out=None, *, repeats: int = 20, mixed: 
         "bases": len(group_info),
         "how": "param bytes: numel x element size of every distinct parameter of the PEFT model holding the base "
                "and all N adapters (the base's own unused head and N head copies included) vs N x the base "
-               "model's parameter bytes; RSS: process resident set growth from just before the base is loaded "
-               "to after all adapters are loaded, vs N x the growth for the base alone (an estimate: N models "
-               "are not loaded); both before evaluation, on the CPU side",
+               "model's parameter bytes; RSS: process resident set growth (every weight read once, since safetensors "
+               "may be memory-mapped; after gc and malloc_trim) from just "
+               "before the base is loaded to after all adapters are loaded, vs N x the growth for the base "
+               "alone (an estimate: N models are not loaded); both before evaluation, on the CPU side",
     }
     switch = [g["latency"]["switch_ms_median"] for g in group_info]
     result = {
@@ -584,7 +614,7 @@ def _mib(n) -> str:
 
 def format_table(result: dict) -> str:
     lines = [f"serve-eval method={result['method']}: {len(result['runs'])} adapters on "
-             f"{result['memory']['bases']} base(s) ({', '.join(g['model'] for g in result['groups'])}, "
+             f"{result['memory']['bases']} base(s) ({', '.join(sorted({g['model'] for g in result['groups']}))}, "
              f"{result['groups'][0]['device']})"]
     lines.append(f"{'task':<10} {'metric':<10} {'recorded':>9} {'served':>9} {'equal':>6} {'adapter':>11}")
     for r in result["runs"]:
@@ -613,8 +643,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # as bench.cli: nothing here needs the network (the hub only for a task without local files)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="bench-serve-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", help="a sweep's results folder, e.g. results/<sweep>")

@@ -88,8 +88,9 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
     start = time.perf_counter()
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=total_steps, initial=first, desc="train", disable=not accelerator.is_main_process,
-                    mininterval=5, leave=False)
+    # disable=None: a bar on a terminal, none in logs; only the main process draws one
+    progress = tqdm(total=total_steps, initial=first, desc="train", mininterval=5, leave=False,
+                    disable=None if accelerator.is_main_process else True)
     for step, batch in enumerate(loader, start=first):
         meter.before_step()
         loss = model(**batch).loss

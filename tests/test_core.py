@@ -151,3 +151,11 @@ def test_shipped_metrics_load_offline():
 
     assert {"accuracy", "f1", "matthews_correlation", "pearsonr", "spearmanr"} <= set(metrics.available())
     assert metrics.load("accuracy").compute(predictions=[0, 1, 1], references=[0, 1, 0])["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_tokenised_data_is_cached_once_per_model_not_per_method(compose):
+    from bench.run import prepare
+
+    lora, prompt = prepare(compose("method=lora")), prepare(compose("method=prompt"))
+    files = [ds.cache_files for ds in (lora.train_ds, prompt.train_ds)]
+    assert files[0] and files[0] == files[1]  # the same cache file: tokenised once

@@ -42,9 +42,14 @@ def prompt_sweep(compose_module):
     return compose_module.results / "prompt", results
 
 
-def test_prompt_served_metrics_equal_recorded_and_bytes_add_up(prompt_sweep):
+@pytest.fixture(scope="module")
+def prompt_served(prompt_sweep):
     folder, trained = prompt_sweep
-    out = serve_eval(folder, "prompt", repeats=3)
+    return folder, trained, serve_eval(folder, "prompt", repeats=3)
+
+
+def test_prompt_served_metrics_equal_recorded_and_bytes_add_up(prompt_served):
+    folder, trained, out = prompt_served
     assert out["all_equal"] and len(out["runs"]) == 3
     for r in out["runs"]:
         assert r["served_metrics"] == trained[r["task"]]["metrics"] == r["recorded_metrics"]
@@ -62,9 +67,9 @@ def test_prompt_served_metrics_equal_recorded_and_bytes_add_up(prompt_sweep):
     assert on_disk["all_equal"] and on_disk["storage"] == s
 
 
-def test_mixed_task_batches_predict_as_per_task_passes(prompt_sweep):
-    folder, trained = prompt_sweep
-    mixed = serve_eval(folder, "prompt", repeats=1)["mixed_batch"]
+def test_mixed_task_batches_predict_as_per_task_passes(prompt_served):
+    _, trained, out = prompt_served
+    mixed = out["mixed_batch"]
     assert mixed["position_ids_passed"] and mixed["prompt_lengths"] == [8, 20]
     assert mixed["all_predictions_equal"], mixed["per_task"]
     assert mixed["tasks_per_batch_mean"]["mixed_arrival_order"] > 1  # the batches really mix tasks
