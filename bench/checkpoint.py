@@ -30,15 +30,22 @@ class Preempted(RuntimeError):
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # plain lists and tensors only, so that torch.load(weights_only=True) reads it back (no pickle)
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"python": [version, list(internal), gauss_next], "numpy": [name, torch.from_numpy(keys.astype(np.int64)),
+                                                                         pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -105,7 +112,7 @@ class Checkpointer:
         for path in self.checkpoints():
             try:
                 weights = load_file(str(path / "trainable.safetensors"))
-                state = torch.load(path / "state.pt", weights_only=False, map_location="cpu")
+                state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
                 params = dict(model.named_parameters())
                 missing = [n for n in weights if n not in params]
                 if missing:

@@ -103,6 +103,15 @@ def _check_keys(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Cheap checks that catch impossible settings in seconds, before a model is loaded."""
+    try:
+        _validate(cfg)
+    except ConfigError:
+        raise
+    except Exception as err:  # a wrong type compared, a missing value: still the config's fault
+        raise ConfigError(f"invalid configuration ({type(err).__name__}: {err})") from None
+
+
+def _validate(cfg: DictConfig) -> None:
     from bench import metrics
 
     _check_keys(cfg)
@@ -162,7 +171,14 @@ def validate(cfg: DictConfig) -> None:
     for key in ("train_samples", "eval_samples", "max_steps", "checkpoint_every"):
         _require(tr.get(key) is None or _positive_int(tr.get(key)), f"trainer.{key}",
                  f"must be null or an integer >= 1, got {tr.get(key)!r}")
-    _require(0 <= tr.warmup_ratio < 1, "trainer.warmup_ratio", f"must be in [0, 1), got {tr.warmup_ratio!r}")
+    _require(isinstance(tr.warmup_ratio, (int, float)) and 0 <= tr.warmup_ratio < 1, "trainer.warmup_ratio",
+             f"must be a number in [0, 1), got {tr.warmup_ratio!r}")
+    _require(isinstance(tr.throughput_warmup_steps, int) and tr.throughput_warmup_steps >= 0,
+             "trainer.throughput_warmup_steps", f"must be an integer >= 0, got {tr.throughput_warmup_steps!r}")
+    _require(tr.grad_clip is None or (isinstance(tr.grad_clip, (int, float)) and tr.grad_clip > 0),
+             "trainer.grad_clip", f"must be null or > 0, got {tr.grad_clip!r}")
+    _require(isinstance(tr.weight_decay, (int, float)) and tr.weight_decay >= 0, "trainer.weight_decay",
+             f"must be >= 0, got {tr.weight_decay!r}")
     _require(tr.device in ("auto", "cpu", "cuda"), "trainer.device", f"must be auto, cpu or cuda, got {tr.device!r}")
     _require(tr.mixed_precision in ("auto", "no", "bf16", "fp16"), "trainer.mixed_precision",
              f"must be auto, no, bf16 or fp16, got {tr.mixed_precision!r}")

@@ -103,6 +103,7 @@ class Throughput:
         self.timed_samples = self.timed_tokens = 0
         self._start = None
         self.elapsed = 0.0
+        self._excluded = 0.0
 
     def before_step(self) -> None:
         if self.steps == self.warmup:
@@ -117,10 +118,15 @@ class Throughput:
             self.timed_samples += samples
             self.timed_tokens += tokens
 
+    def exclude(self, seconds: float) -> None:
+        """Time spent inside the timed window on something that is not a step (checkpoint writes)."""
+        if self._start is not None:
+            self._excluded += seconds
+
     def stop(self) -> None:
         if self._start is not None:
             synchronize(self.device)
-            self.elapsed = time.perf_counter() - self._start
+            self.elapsed = time.perf_counter() - self._start - self._excluded
 
     def rates(self) -> tuple[float | None, float | None]:
         """(tokens/s, samples/s) over timed steps; None when every step was warm-up."""
@@ -178,10 +184,12 @@ def environment(device: torch.device, root: Path) -> dict:
 
 # ---------------------------------------------------------------------------- model FLOPs utilisation
 
-# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s. Matched against
-# torch.cuda.get_device_name() by substring, first match wins (so "H100 PCIe" precedes "H100").
+# Dense (no sparsity) 16-bit tensor-core peaks from the vendors' datasheets, FLOP/s: bf16, or fp16
+# for GPUs without bf16 (V100, T4). Matched against torch.cuda.get_device_name() by substring,
+# first match wins (so "H100 PCIe" and "H100 NVL" precede "H100").
 PEAK_BF16_FLOPS = [
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("A100", 312e12),
+    ("L40S", 362e12),
     ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12),
     ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
 ]

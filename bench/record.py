@@ -128,7 +128,9 @@ class WandbLogger:
 
     def __init__(self, logger_cfg, run_folder: Path, *, name: str, group: str, job_type: str, tags: list[str]):
         if logger_cfg.mode == "online" and not _has_wandb_key():
-            raise RuntimeError("logger.mode=online needs a W&B API key: set WANDB_API_KEY or run `wandb login`, "
+            from bench.config import ConfigError
+
+            raise ConfigError("logger.mode: online needs a W&B API key: set WANDB_API_KEY or run `wandb login`, "
                                "or use logger.mode=offline (the default) and `wandb sync` later")
         self.cfg, self.folder = logger_cfg, Path(run_folder)
         self.kwargs = {"name": name, "group": group, "job_type": job_type, "tags": tags}

@@ -80,7 +80,8 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch only rank 0 records
     logger = _logger(cfg, out, result["overrides"]) if main_process else record.NullLogger()
     if main_process:  # an online logger without a key failed above, before any compute
-        out.mkdir(parents=True, exist_ok=True)
+        # a record from the start: a run killed outright still shows up (as running) in the report
+        record.write_json_atomic(out / record.RESULT_FILE, result)
     started = time.perf_counter()
     try:
         logger.start(result["config"])
@@ -99,6 +100,8 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
         result.setdefault("time", {})["total_s"] = time.perf_counter() - started
         if main_process:
             _record(cfg, out, result, logger)
+            if result["status"] == "finished":  # only now are the in-run checkpoints redundant
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
     if main_process:
         print(record.summary_line(result))
     return result
@@ -191,7 +194,6 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
                                       checkpointer=checkpointer)
         if not accelerator.is_main_process:
             return  # rank 0 evaluates, saves and records
-        checkpointer.clear()  # the run is trained; its adapter/model is saved below
         result["resumed_from_step"] = train_stats.resumed_from_step
         every = tr.log_every
         result["train_loss_curve"] = {"every_steps": every, "first_step": train_stats.resumed_from_step + 1,
@@ -200,7 +202,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
         adapted.model = accelerator.unwrap_model(adapted.model)
 
     predictions, references, eval_stats = train.predict(
-        adapted.model, eval_ds, eval_order, eval_lengths, prep.eval_collate,
+        adapted.model.to(accelerator.device), eval_ds, eval_order, eval_lengths, prep.eval_collate,
         accelerator=accelerator, kind=m.kind, regression=regression, label_ids=label_ids)
     result["metrics"] = evaluate_metrics(t, predictions, references)
 
@@ -243,9 +245,11 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
     def processed(tokens, samples):
         return None if tokens is None else tokens + virtual * (samples or 0)
 
+    # tokens/s is the rate of all processes together; each device does 1/N of it
+    train_mfu = measure.mfu(train_fpt, processed(train_stats.tokens_per_s, train_stats.samples_per_s), device, name)
     result["throughput"].update({
         "train_flops_per_token": train_fpt if trainable > 0 else None, "eval_flops_per_token": eval_fpt,
-        "mfu": measure.mfu(train_fpt, processed(train_stats.tokens_per_s, train_stats.samples_per_s), device, name),
+        "mfu": train_mfu if train_mfu is None else train_mfu / accelerator.num_processes,
         "eval_mfu": measure.mfu(eval_fpt, processed(eval_stats.tokens_per_s, eval_stats.samples_per_s), device, name),
         "mfu_formula": "train: sum over linear layers of 4N (+2N if trained); eval: 2N; per processed token "
                        "(virtual prompt tokens included); attention scores not counted; peak = dense bf16",

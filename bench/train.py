@@ -47,19 +47,23 @@ def make_accelerator(trainer_cfg):
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
-class IndexBatches(list):
-    """Precomputed index batches; `batch_size` lets accelerate split each batch across processes."""
-
-    def __init__(self, batches):
-        super().__init__(batches)
-        self.batch_size = max((len(b) for b in batches), default=1)
-
-
 def _loader(dataset, batches, collate) -> DataLoader:
     # its own generator: a DataLoader iterator otherwise draws from the global torch RNG when it
     # starts, which would shift the dropout stream of a resumed run against an uninterrupted one
-    return DataLoader(dataset, batch_sampler=IndexBatches(batches), collate_fn=collate, num_workers=0,
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0,
                       generator=torch.Generator().manual_seed(0))
+
+
+def shard(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """This process's share of every global batch (DDP): the global batch, and so the loss curve,
+    stays that of a single-process run. Every batch, short ones included, is kept."""
+    if world == 1:
+        return batches
+    small = [len(b) for b in batches if len(b) < world]
+    if small:
+        raise ValueError(f"a batch of {small[0]} rows cannot be split over {world} processes; "
+                         f"use trainer.batch_size >= {world} and a train split of at least that many rows per batch")
+    return [b[rank::world] for b in batches]
 
 
 def train(model, dataset, batches: list[list[int]], lengths: list[int], collate, *, lr: float,
@@ -75,11 +79,12 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
     first = 0
     if checkpointer is not None:  # resume: weights, optimizer, scheduler, RNG, and the data position
         first, _ = checkpointer.restore(model, optimizer, scheduler)
-    loader = accelerator.prepare(_loader(dataset, batches[first:], collate))
+    device = accelerator.device
+    local = shard(batches[first:], accelerator.process_index, accelerator.num_processes)
+    loader = _loader(dataset, local, collate)
     # real-token counts come from the known lengths: no device sync needed to count them
     batch_tokens = [sum(lengths[i] for i in b) for b in batches]
 
-    device = accelerator.device
     memory = PeakMemory(device)
     memory.reset()
     meter = Throughput(device, trainer_cfg.throughput_warmup_steps)
@@ -92,6 +97,7 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
     progress = tqdm(total=total_steps, initial=first, desc="train", mininterval=5, leave=False,
                     disable=None if accelerator.is_main_process else True)
     for step, batch in enumerate(loader, start=first):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         meter.before_step()
         loss = model(**batch).loss
         accelerator.backward(loss)
@@ -111,15 +117,15 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
         if on_log and ((step + 1) % trainer_cfg.log_every == 0 or step + 1 == total_steps):
             on_log({"step": step + 1, "train/loss": value, "train/lr": scheduler.get_last_lr()[0]})
         if checkpointer is not None and step + 1 < total_steps:
-            if checkpointer.stop_requested:
-                saved = None
-                if checkpointer.every and accelerator.is_main_process:
-                    saved = checkpointer.save(step + 1, model, optimizer, scheduler)
+            if checkpointer.stop_requested:  # SIGTERM: always leave a checkpoint to resume from
+                saved = checkpointer.save(step + 1, model, optimizer, scheduler) if accelerator.is_main_process else None
                 raise Preempted(step + 1, saved)
             if checkpointer.due(step + 1):
+                paused = time.perf_counter()  # saving is not training: keep it out of tokens/s
                 if accelerator.is_main_process:
                     checkpointer.save(step + 1, model, optimizer, scheduler)
                 accelerator.wait_for_everyone()
+                meter.exclude(time.perf_counter() - paused)
     progress.close()
     meter.stop()
     synchronize(device)

@@ -75,7 +75,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_result(tmp_path, uninterrupt
     proc.kill()
     proc.wait()
     (folder,) = _run_dirs(tmp_path)
-    assert record.read_result(folder) is None  # killed mid-run: nothing was recorded as done
+    assert record.read_result(folder)["status"] == "running"  # killed mid-run: recorded as not done
     resumed = _finish(tmp_path)
     assert "resuming from" in resumed["log"]
     assert resumed["result"]["resumed_from_step"] > 0
