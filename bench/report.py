@@ -438,6 +438,259 @@ def commands_table(runs: list[Run]) -> Table:
     return Table(["command", "runs"], rows, {1})
 
 
+# ---------------------------------------------------------------------------- serving (bench-serve-eval output)
+
+SERVE_METHODS = ("prompt", "prefix", "lora")  # as bench.serve.PEFT_METHODS (not imported: it needs torch)
+SERVE_FILES = {f"serve-{m}.json" for m in SERVE_METHODS}
+SERVING_TITLE = "Serving: one base, many adapters"
+SERVING_LEGEND = ("From bench-serve-eval: every kept adapter of one method loaded into one base model and "
+                  "served by switching among them. Metrics: recorded at training time vs re-evaluated after "
+                  "switching (equal: every metric identical). Latencies are medians over the repeats. N models: "
+                  "N full fine-tuned copies on disk, N x the base's parameters in memory; their RSS is an "
+                  "estimate (N x the base's growth), not a measurement.")
+
+
+@dataclass
+class ServeFile:
+    path: str                # relative to the results folder (posix)
+    data: dict | None        # None when unreadable
+    reason: str = ""         # why it is unreadable
+
+
+def find_serve_files(results_dir: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(results_dir):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
+        found += [Path(root, f) for f in files if f in SERVE_FILES]
+    return sorted(found, key=lambda p: p.relative_to(results_dir).as_posix())
+
+
+def load_serve_files(results_dir: Path) -> list[ServeFile]:
+    out = []
+    for path in find_serve_files(results_dir):
+        rel = path.relative_to(results_dir).as_posix()
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except json.JSONDecodeError as err:
+            out.append(ServeFile(rel, None, f"invalid JSON: {err.msg} (line {err.lineno}, column {err.colno})"))
+            continue
+        except UnicodeDecodeError:
+            out.append(ServeFile(rel, None, "not UTF-8 text"))
+            continue
+        except OSError as err:
+            out.append(ServeFile(rel, None, f"cannot read: {err.strerror or type(err).__name__}"))
+            continue
+        if not isinstance(data, dict):
+            out.append(ServeFile(rel, None, f"not a serve-eval object (top level is {type(data).__name__})"))
+            continue
+        out.append(ServeFile(rel, data))
+    return out
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    """data[k1][k2]...; None where a level is missing or not an object."""
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _dicts(value: Any) -> list[dict]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def fmt_ms(v: float | None) -> str:
+    return DASH if v is None else f"{v:,.3f} ms"
+
+
+def fmt_ratio(v: float | None) -> str:
+    if v is None:
+        return DASH
+    return f"{v:,.0f}x" if abs(v) >= 100 else f"{v:.2f}x"
+
+
+def fmt_yes(value: Any) -> str:
+    return DASH if not isinstance(value, bool) else ("yes" if value else "NO")
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return top / bottom if top is not None and bottom else None
+
+
+def _out_of(part: float | None, whole: float | None) -> str:
+    return f"{fmt_count(part)}/{fmt_count(whole)}"
+
+
+def serve_accuracy_table(data: dict) -> Table:
+    rows = []
+    for r in _dicts(data.get("runs")):
+        recorded = r.get("recorded_metrics") if isinstance(r.get("recorded_metrics"), dict) else {}
+        served = r.get("served_metrics") if isinstance(r.get("served_metrics"), dict) else {}
+        name = r.get("primary_metric")
+        if not isinstance(name, str) or not name:
+            names = set(recorded) | set(served)
+            name = _text(next(iter(names))) if len(names) == 1 else None
+        rows.append(_cells(
+            _text(r.get("task")) or DASH, _text(r.get("adapter")) or DASH, _text(r.get("seed")) or DASH,
+            name or DASH, fmt_metric(_num(recorded.get(name))) if name else DASH,
+            fmt_metric(_num(served.get(name))) if name else DASH, fmt_yes(r.get("equal")),
+            fmt_plain(_num(r.get("max_abs_diff"))), fmt_count(_num(r.get("eval_samples"))),
+            fmt_bytes(_num(r.get("adapter_bytes"))), fmt_ms(_num(r.get("first_load_ms"))),
+            _text(r.get("run")) or DASH))
+    return Table(["task", "adapter", "seed", "metric", "at training", "served", "equal", "max abs diff",
+                  "eval rows", "adapter size", "first load", "run"], rows, set(range(4, 11)) - {6})
+
+
+def serve_latency_table(data: dict) -> Table:
+    rows = []
+    for g in _dicts(data.get("groups")):
+        lat = g.get("latency") if isinstance(g.get("latency"), dict) else {}
+        model = " · ".join(p for p in (_text(g.get("model")), _text(g.get("kind"))) if p) or DASH
+        rows.append(_cells(model, fmt_count(_num(g.get("head_outputs"))), fmt_count(_num(g.get("adapters"))),
+                           _text(g.get("device")) or DASH, fmt_ms(_num(lat.get("switch_ms_median"))),
+                           fmt_ms(_num(lat.get("switch_ms_max"))), fmt_ms(_num(lat.get("load_ms_median"))),
+                           fmt_count(_num(lat.get("switch_repeats") if "switch_repeats" in lat
+                                          else lat.get("load_repeats")))))
+    if not rows:  # no per-group figures: the file's overall (slowest group's) medians
+        lat = data.get("latency") if isinstance(data.get("latency"), dict) else {}
+        rows.append(_cells("all groups", DASH, fmt_count(_num(_dig(data, "storage", "adapters"))), DASH,
+                           fmt_ms(_num(lat.get("switch_ms_median"))), DASH, fmt_ms(_num(lat.get("load_ms_median"))),
+                           fmt_count(_num(lat.get("repeats")))))
+    return Table(["base model", "head outputs", "adapters", "device", "switch (median)", "switch (max)",
+                  "load (median)", "repeats"], rows, {1, 2, 4, 5, 6, 7})
+
+
+def serve_cost_table(data: dict) -> Table:
+    n = _num(_dig(data, "storage", "adapters"))
+    if n is None:
+        n = float(len(_dicts(data.get("runs")))) or None
+    label = fmt_count(n) if n is not None else "N"
+    adapters = _num(_dig(data, "storage", "adapters_bytes"))
+    copies = _num(_dig(data, "storage", "full_copies_bytes"))
+    stored_ratio = _num(_dig(data, "storage", "ratio"))
+    if stored_ratio is None:
+        stored_ratio = _ratio(copies, adapters)
+    rows = [_cells(f"stored bytes ({label} adapters vs {label} full copies)", fmt_bytes(adapters), fmt_bytes(copies),
+                   fmt_ratio(stored_ratio))]
+    for what, served_key, separate_key in (
+            ("memory: parameter bytes", "served_param_bytes", "separate_models_param_bytes"),
+            ("memory: RSS growth (N models estimated)", "served_rss_bytes", "separate_models_rss_bytes_estimate")):
+        served = _num(_dig(data, "memory", served_key))
+        separate = _num(_dig(data, "memory", separate_key))
+        rows.append(_cells(what.replace("N models", f"{label} models"), fmt_bytes(served), fmt_bytes(separate),
+                           fmt_ratio(_ratio(separate, served))))
+    bases = fmt_count(_num(_dig(data, "memory", "bases")))
+    headers = ["measure", f"{bases} base(s) + {label} adapters", f"{label} models", "models / served"]
+    return Table(headers, rows, {1, 2, 3})
+
+
+_MIXED_ORDERS = (("mixed, length-sorted", "mixed_length_sorted"), ("mixed, arrival order", "mixed_arrival_order"),
+                 ("task by task", "task_by_task"))
+
+
+def _metrics_text(metrics: Any) -> str:
+    if not isinstance(metrics, dict) or not metrics:
+        return DASH
+    items = sorted(metrics.items(), key=lambda kv: _text(kv[0]))
+    return ", ".join(f"{_text(k)}={fmt_metric(_num(v))}" for k, v in items)
+
+
+def serve_mixed_blocks(mixed: dict, title: str) -> list[tuple[str, Any]]:
+    blocks: list[tuple[str, Any]] = [("h4", title)]
+    if "skipped" in mixed:
+        return blocks + [("p", f"Skipped: {_text(mixed.get('skipped')) or DASH}.")]
+    per_task = mixed.get("per_task") if isinstance(mixed.get("per_task"), dict) else {}
+    tasks = [(k, v) for k, v in sorted(per_task.items(), key=lambda kv: _text(kv[0])) if isinstance(v, dict)]
+    rows = _num(mixed.get("rows"))
+
+    def total(key: str) -> float | None:
+        values = [_num(v.get(key)) for _, v in tasks]
+        return sum(values) if values and None not in values else None
+
+    sps = mixed.get("samples_per_s") if isinstance(mixed.get("samples_per_s"), dict) else {}
+    mixed_sps, task_sps = _num(sps.get("mixed_length_sorted")), _num(sps.get("task_by_task"))
+    blocks.append(("p", f"Predictions equal to the per-task passes: {_out_of(total('same_predictions'), rows)} rows "
+                        f"(length-sorted), {_out_of(total('same_predictions_arrival_order'), rows)} (arrival order); "
+                        f"all equal: {fmt_yes(mixed.get('all_predictions_equal'))}. Throughput mixed vs per task: "
+                        f"{fmt_rate1(mixed_sps)} vs {fmt_rate1(task_sps)} samples/s "
+                        f"({fmt_ratio(_ratio(mixed_sps, task_sps))}). Batch size "
+                        f"{fmt_count(_num(mixed.get('batch_size')))}; prompt lengths "
+                        f"{_list_text(mixed.get('prompt_lengths'))}."))
+    table_rows = []
+    for label, key in _MIXED_ORDERS:
+        table_rows.append(_cells(label, fmt_rate1(_num(sps.get(key))),
+                                 fmt_seconds(_num(_dig(mixed, "seconds", key))),
+                                 fmt_count(_num(_dig(mixed, "batches", key))),
+                                 fmt_fraction(_num(_dig(mixed, "tasks_per_batch_mean", key)), 2),
+                                 fmt_fraction(_num(_dig(mixed, "real_token_fraction", key)), 3)))
+    blocks.append(("table", Table(["batches", "samples/s", "time", "batches run", "tasks per batch (mean)",
+                                   "real-token fraction"], table_rows, {1, 2, 3, 4, 5})))
+    if tasks:
+        blocks.append(("table", Table(
+            ["task", "rows", "same predictions", "same (arrival order)", "max abs logit diff", "metrics (mixed)"],
+            [_cells(_text(v.get("task")) or _text(k), fmt_count(_num(v.get("rows"))),
+                    fmt_count(_num(v.get("same_predictions"))),
+                    fmt_count(_num(v.get("same_predictions_arrival_order"))),
+                    fmt_plain(_num(v.get("max_abs_logit_diff"))), _metrics_text(v.get("metrics")))
+             for k, v in tasks], {1, 2, 3, 4})))
+    return blocks
+
+
+def _list_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value) or DASH
+    return _text(value) or DASH
+
+
+def fmt_rate1(v: float | None) -> str:
+    return DASH if v is None else f"{v:,.1f}"
+
+
+def fmt_fraction(v: float | None, digits: int) -> str:
+    return DASH if v is None else f"{v:.{digits}f}"
+
+
+def serving_blocks(item: ServeFile) -> list[tuple[str, Any]]:
+    """One serve-<method>.json as blocks ("h3"/"h4"/"p", text) and ("table", Table), shared by md and html."""
+    if item.data is None:
+        return [("h3", item.path), ("p", f"Unreadable: {item.reason}.")]
+    data = item.data
+    groups = _dicts(data.get("groups"))
+    models = sorted({_text(g.get("model")) for g in groups if g.get("model") is not None})
+    devices = sorted({_text(g.get("device")) for g in groups if g.get("device") is not None})
+    n = _num(_dig(data, "storage", "adapters"))
+    if n is None:
+        n = float(len(_dicts(data.get("runs")))) or None
+    blocks: list[tuple[str, Any]] = [("h3", item.path), ("p", (
+        f"Method {_text(data.get('method')) or DASH}: {fmt_count(n)} adapters on "
+        f"{fmt_count(_num(_dig(data, 'memory', 'bases')))} base(s) ({', '.join(models) or DASH}; "
+        f"device {', '.join(devices) or DASH}). All served metrics equal those at training: "
+        f"{fmt_yes(data.get('all_equal'))}."))]
+    blocks += [("h4", "Metrics at training vs served"),
+               ("table", serve_accuracy_table(data)) if _dicts(data.get("runs")) else ("p", "No runs recorded.")]
+    skipped = _dicts(data.get("skipped_runs"))
+    if skipped:
+        blocks.append(("p", "Runs left out: " + "; ".join(
+            f"{_text(s.get('run')) or DASH} ({_text(s.get('reason')) or DASH})" for s in skipped) + "."))
+    blocks += [("h4", "Adapter switch and load latency"), ("table", serve_latency_table(data)),
+               ("h4", "Storage and memory: one base + N adapters vs N models"), ("table", serve_cost_table(data))]
+    mixed = data.get("mixed_batch")
+    if isinstance(mixed, dict):
+        if isinstance(mixed.get("per_group"), list):
+            for i, sub in enumerate(mixed["per_group"], 1):
+                title = f"Mixed-task batches, group {i}"
+                blocks += serve_mixed_blocks(sub, title) if isinstance(sub, dict) else [("h4", title), ("p", DASH)]
+            if mixed.get("note"):
+                blocks.append(("p", f"note: {_text(mixed['note'])}"))
+        else:
+            blocks += serve_mixed_blocks(mixed, "Mixed-task batches")
+    elif "mixed_batch" in data:
+        blocks += [("h4", "Mixed-task batches"), ("p", DASH)]
+    return blocks
+
+
 # ---------------------------------------------------------------------------- the report model
 
 @dataclass
@@ -445,6 +698,7 @@ class Report:
     runs: list[Run]
     unreadable: list[Unreadable]
     sections: list[Section]
+    serving: list[ServeFile] = field(default_factory=list)  # bench-serve-eval files, sorted by path
 
     @property
     def failed(self) -> list[Run]:
@@ -464,7 +718,7 @@ class Report:
 
 def collect(results_dir: Path) -> Report:
     runs, unreadable = load_runs(Path(results_dir))
-    return Report(runs, unreadable, aggregate(runs))
+    return Report(runs, unreadable, aggregate(runs), load_serve_files(Path(results_dir)))
 
 
 LEGEND = ("Metric: mean ± sample standard deviation (ddof=1) over finished runs; n counts them. "
@@ -503,6 +757,16 @@ def render_markdown(report: Report) -> str:
         direction = "higher is better" if s.maximise else "lower is better"
         out += [f"## {md_escape(s.task)}: {md_escape(s.primary)} ({direction})", "", md_table(section_table(s)), ""]
         out += [f"- note: {md_escape(n)}" for n in s.notes] + ([""] if s.notes else [])
+    if report.serving:
+        out += [f"## {SERVING_TITLE}", "", SERVING_LEGEND, ""]
+        for item in report.serving:
+            for kind, payload in serving_blocks(item):
+                if kind == "table":
+                    out += [md_table(payload), ""]
+                elif kind == "p":
+                    out += [md_escape(payload), ""]
+                else:
+                    out += [f"{'###' if kind == 'h3' else '####'} {md_escape(payload)}", ""]
     for title, table, items in (("Failed and diverged runs", failed_table, report.failed),
                                 ("Incomplete runs", incomplete_table, report.incomplete),
                                 ("Unreadable result files", unreadable_table, report.unreadable)):

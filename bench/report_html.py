@@ -12,9 +12,9 @@ import hashlib
 import html
 import math
 
-from bench.report import (DASH, LEGEND, MEASURES, PARETO_COSTS, Report, Section, Table,
-                          commands_table, env_table, failed_table, fmt_bytes, fmt_count, fmt_metric, fmt_rate,
-                          incomplete_table, runs_table, section_table, unreadable_table)
+from bench.report import (DASH, LEGEND, MEASURES, PARETO_COSTS, SERVING_LEGEND, SERVING_TITLE, Report, Section,
+                          Table, commands_table, env_table, failed_table, fmt_bytes, fmt_count, fmt_metric, fmt_rate,
+                          incomplete_table, runs_table, section_table, serving_blocks, unreadable_table)
 
 METHOD_COLORS = {"full": "#1f77b4", "lora": "#d62728", "prefix": "#2ca02c", "prompt": "#9467bd",
                  "hard_prompt": "#ff7f0e"}
@@ -272,6 +272,18 @@ def _section_html(index: int, s: Section) -> str:
     return "".join(out)
 
 
+def _serving_html(report: Report) -> str:
+    out = [f'<section id="serving"><h2>{esc(SERVING_TITLE)}</h2>', f"<p>{esc(SERVING_LEGEND)}</p>"]
+    for item in report.serving:
+        for kind, payload in serving_blocks(item):
+            if kind == "table":
+                out.append(table_html(payload))
+            else:
+                out.append(f"<{kind}>{esc(payload)}</{kind}>")
+    out.append("</section>")
+    return "".join(out)
+
+
 def _tracebacks(runs: list) -> str:
     out = []
     for r in runs:
@@ -293,10 +305,14 @@ def render_html(report: Report) -> str:
         out.append(f"<p>{esc(LEGEND.replace('**Bold**', 'Highlighted'))} Hover a point for its values; click a "
                    "method below a table to fade it in the plots.</p>")
         out.append("<nav><ul>" + "".join(f'<li><a href="#task-{i}">{esc(s.task)}: {esc(s.primary)}</a></li>'
-                                         for i, s in enumerate(report.sections)) + "</ul></nav>")
+                                         for i, s in enumerate(report.sections))
+                   + (f'<li><a href="#serving">{esc(SERVING_TITLE)}</a></li>' if report.serving else "")
+                   + "</ul></nav>")
     else:
         out.append("<p>No finished, failed or diverged runs found.</p>")
     out += [_section_html(i, s) for i, s in enumerate(report.sections)]
+    if report.serving:
+        out.append(_serving_html(report))
     failed = report.failed
     out.append("<section><h2>Failed and diverged runs</h2>"
                + (table_html(failed_table(failed)) + _tracebacks(failed) if failed else "<p>None.</p>") + "</section>")

@@ -210,6 +210,7 @@ def test_empty_results_folder(tmp_path):
     assert "No finished, failed or diverged runs found." in written["markdown"].read_text(encoding="utf-8")
     assert written["csv"].read_text(encoding="utf-8").count("\n") == 1  # header only
     assert "<svg data-plot" not in written["html"].read_text(encoding="utf-8")
+    assert "Serving" not in written["markdown"].read_text(encoding="utf-8")  # only with serve-eval files
 
 
 def test_pareto_front_and_variant_helpers():
@@ -330,3 +331,102 @@ def test_200_result_files_take_under_5_seconds(tmp_path):
     elapsed = time.perf_counter() - started
     assert written["summary"].startswith("200 result files")
     assert elapsed < 5.0, elapsed
+
+
+# ---------------------------------------------------------------------------- serving (bench-serve-eval output)
+
+# fixtures/report/serve/serve-prompt.json is a real `bench-serve-eval --method prompt` output (3 minilm soft
+# prompts on CPU); it holds no result.json, so the run counts the tests above check are unchanged
+SERVE_FIXTURE = FIXTURE / "serve" / "serve-prompt.json"
+
+
+def _serving_md(text: str) -> str:
+    return text.split("## Serving: one base, many adapters", 1)[1].split("\n## ", 1)[0]
+
+
+def test_serving_section_shows_the_serve_eval_numbers(built, tmp_path):
+    _, written = built
+    md = written["markdown"].read_text(encoding="utf-8")
+    serving = _serving_md(md)
+    assert "### serve/serve-prompt.json" in serving
+    assert "Method prompt: 3 adapters on 1 base(s) (minilm; device cpu). All served metrics equal those at " \
+           "training: yes." in serving
+    # per task: the primary metric at training vs served, and whether they are equal
+    for task, acc, rows, load in (("mrpc", "0.6838", "408", "4.545 ms"), ("rte", "0.5235", "277", "2.295 ms"),
+                                  ("sst2", "0.6433", "872", "2.069 ms")):
+        assert (f"| {task} | {task} | 0 | accuracy | {acc} | {acc} | yes | 0 | {rows} | 39.0 KiB | {load} | "
+                f"{task}-minilm-prompt-s0-") in serving, task
+    # latency medians; storage and memory of 1 base + 3 adapters vs 3 models, with the ratios
+    assert "| minilm · encoder | 2 | 3 | cpu | 0.083 ms | 0.303 ms | 2.205 ms | 20 |" in serving
+    assert "| stored bytes (3 adapters vs 3 full copies) | 117.0 KiB | 260.0 MiB | 2,275x |" in serving
+    assert "| memory: parameter bytes | 86.7 MiB | 259.9 MiB | 3.00x |" in serving
+    assert "| memory: RSS growth (3 models estimated) | 93.3 MiB | 277.3 MiB | 2.97x |" in serving
+    # mixed-task batches: predictions equal, throughput mixed vs per task
+    assert "Predictions equal to the per-task passes: 1,557/1,557 rows (length-sorted), 1,557/1,557 (arrival " \
+           "order); all equal: yes. Throughput mixed vs per task: 66.6 vs 62.7 samples/s (1.06x)." in serving
+    assert "| mixed, length-sorted | 66.6 | 23.4 s | 25 | 2.32 | 0.953 |" in serving
+    assert "| task by task | 62.7 | 24.8 s | 26 | – | 0.912 |" in serving
+    assert "| mrpc | 408 | 408 | 408 | 3.28e-07 | accuracy=0.6838, f1=0.8122 |" in serving
+    # no clock and no absolute path from the file leak into the report
+    assert "2026-11-23" not in md and "/tmp/serve-results" not in md
+
+    page = written["html"].read_text(encoding="utf-8")
+    section = page.split('<section id="serving">', 1)[1].split("</section>", 1)[0]
+    assert '<a href="#serving">' in page and "<h3>serve/serve-prompt.json</h3>" in section
+    for text in ("<td>mrpc</td><td>mrpc</td><td>0</td><td>accuracy</td><td class=\"num\">0.6838</td>"
+                 "<td class=\"num\">0.6838</td><td>yes</td>",
+                 '<td class="num">0.083 ms</td>', '<td class="num">2.205 ms</td>',
+                 '<td class="num">117.0 KiB</td><td class="num">260.0 MiB</td><td class="num">2,275x</td>',
+                 '<td class="num">93.3 MiB</td><td class="num">277.3 MiB</td>', "1,557/1,557 rows",
+                 '<td>mixed, length-sorted</td><td class="num">66.6</td>',
+                 '<td>task by task</td><td class="num">62.7</td>', "minilm · encoder"):
+        assert text in section, text
+
+    # byte-identical across two builds, from a copy of the serving fixture alone
+    only = tmp_path / "only" / "serve"
+    only.mkdir(parents=True)
+    shutil.copy(SERVE_FIXTURE, only / "serve-prompt.json")
+    one = build_report(only.parent, tmp_path / "one")
+    two = build_report(only.parent, tmp_path / "two")
+    for kind in report.REPORT_FILES:
+        assert one[kind].read_bytes() == two[kind].read_bytes(), kind
+    assert _serving_md(one["markdown"].read_text(encoding="utf-8")) == serving
+
+
+def test_serving_files_missing_keys_unreadable_and_ignored_folders(tmp_path):
+    results = tmp_path / "results"
+    (results / "a").mkdir(parents=True)
+    (results / "b" / "_hydra").mkdir(parents=True)
+    (results / "b" / "wandb").mkdir(parents=True)
+    (results / "a" / "serve-lora.json").write_text("{not json", encoding="utf-8")
+    (results / "a" / "serve-prefix.json").write_text("[1, 2]", encoding="utf-8")
+    # an old or cut-down file: most keys missing, some of the wrong type, a mixed section that was skipped
+    (results / "b" / "serve-prompt.json").write_text(json.dumps({
+        "method": "prompt", "runs": [{"task": "rte<b>", "primary_metric": "accuracy",
+                                      "recorded_metrics": {"accuracy": 0.5}, "served_metrics": "x"}, 7],
+        "storage": {"adapters_bytes": 1000, "full_copies_bytes": 5000}, "memory": [],
+        "latency": {"switch_ms_median": 0.5}, "mixed_batch": {"skipped": "prefix is not <prompt>"}}),
+        encoding="utf-8")
+    for skipped in ("_hydra", "wandb"):
+        shutil.copy(SERVE_FIXTURE, results / "b" / skipped / "serve-prompt.json")
+    (results / "serve-other.json").write_text("{}", encoding="utf-8")  # not a method: not a serve-eval file
+    written = build_report(results, tmp_path / "out")
+    md = written["markdown"].read_text(encoding="utf-8")
+    serving = _serving_md(md)
+    headings = [line[4:] for line in serving.splitlines() if line.startswith("### ")]
+    assert headings == ["a/serve-lora.json", "a/serve-prefix.json", "b/serve-prompt.json"]  # sorted by path
+    assert "Unreadable: invalid JSON: Expecting property name enclosed in double quotes" in serving
+    assert "Unreadable: not a serve-eval object (top level is list)." in serving
+    assert ("Method prompt: 1 adapters on – base(s) (–; device –). All served metrics equal those at "
+            "training: –.") in serving
+    assert "| rte&lt;b&gt; | – | – | accuracy | 0.5000 | – | – | – | – | – | – | – |" in serving
+    assert "| all groups | – | – | – | 0.500 ms | – | – | – |" in serving
+    assert "| stored bytes (1 adapters vs 1 full copies) | 1000 B | 4.9 KiB | 5.00x |" in serving
+    assert "| memory: parameter bytes | – | – | – |" in serving
+    assert "Skipped: prefix is not &lt;prompt&gt;." in serving
+    assert "0.6838" not in md and "serve-other" not in md  # _hydra/, wandb/ and other names are not read
+    page = written["html"].read_text(encoding="utf-8")
+    assert "<td>rte&lt;b&gt;</td>" in page and "<b>" not in page
+    assert "<p>Unreadable: not a serve-eval object (top level is list).</p>" in page
+    # the run counts are unchanged: serve-eval files are not result files
+    assert md.startswith("# Benchmark report\n\n0 result files,")
