@@ -112,34 +112,43 @@ def _primary(data: dict) -> tuple[str, float | None]:
     return name, _num(metrics.get(name))
 
 
-def find_result_files(results_dir: Path) -> list[Path]:
+def _find_files(results_dir: Path, names) -> list[Path]:
+    """Files with one of `names` below results_dir, sorted by relative path."""
     found = []
     for root, dirs, files in os.walk(results_dir):
         # prune in place so os.walk never descends into Hydra logs, W&B runs or hidden folders
         dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
-        if RESULT_FILE in files:
-            found.append(Path(root, RESULT_FILE))
+        found += [Path(root, f) for f in files if f in names]
     return sorted(found, key=lambda p: p.relative_to(results_dir).as_posix())
+
+
+def _read_json_object(path: Path, what: str) -> tuple[dict | None, str]:
+    """(data, "") or (None, why it is unreadable); messages carry no absolute path (reproducible)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as err:
+        return None, f"invalid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except OSError as err:  # strerror only: the message with the absolute path would differ per machine
+        return None, f"cannot read: {err.strerror or type(err).__name__}"
+    if not isinstance(data, dict):
+        return None, f"not a {what} object (top level is {type(data).__name__})"
+    return data, ""
+
+
+def find_result_files(results_dir: Path) -> list[Path]:
+    return _find_files(results_dir, {RESULT_FILE})
 
 
 def load_runs(results_dir: Path) -> tuple[list[Run], list[Unreadable]]:
     runs, unreadable = [], []
     for path in find_result_files(results_dir):
         rel = path.relative_to(results_dir).as_posix()
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except json.JSONDecodeError as err:
-            unreadable.append(Unreadable(rel, f"invalid JSON: {err.msg} (line {err.lineno}, column {err.colno})"))
-            continue
-        except UnicodeDecodeError:
-            unreadable.append(Unreadable(rel, "not UTF-8 text"))
-            continue
-        except OSError as err:  # strerror only: the message with the absolute path would differ per machine
-            unreadable.append(Unreadable(rel, f"cannot read: {err.strerror or type(err).__name__}"))
-            continue
-        if not isinstance(data, dict):
-            unreadable.append(Unreadable(rel, f"not a result object (top level is {type(data).__name__})"))
+        data, reason = _read_json_object(path, "result")
+        if data is None:
+            unreadable.append(Unreadable(rel, reason))
             continue
         primary, value = _primary(data)
         runs.append(Run(
@@ -458,33 +467,14 @@ class ServeFile:
 
 
 def find_serve_files(results_dir: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(results_dir):
-        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
-        found += [Path(root, f) for f in files if f in SERVE_FILES]
-    return sorted(found, key=lambda p: p.relative_to(results_dir).as_posix())
+    return _find_files(results_dir, SERVE_FILES)
 
 
 def load_serve_files(results_dir: Path) -> list[ServeFile]:
     out = []
     for path in find_serve_files(results_dir):
-        rel = path.relative_to(results_dir).as_posix()
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except json.JSONDecodeError as err:
-            out.append(ServeFile(rel, None, f"invalid JSON: {err.msg} (line {err.lineno}, column {err.colno})"))
-            continue
-        except UnicodeDecodeError:
-            out.append(ServeFile(rel, None, "not UTF-8 text"))
-            continue
-        except OSError as err:
-            out.append(ServeFile(rel, None, f"cannot read: {err.strerror or type(err).__name__}"))
-            continue
-        if not isinstance(data, dict):
-            out.append(ServeFile(rel, None, f"not a serve-eval object (top level is {type(data).__name__})"))
-            continue
-        out.append(ServeFile(rel, data))
+        data, reason = _read_json_object(path, "serve-eval")
+        out.append(ServeFile(path.relative_to(results_dir).as_posix(), data, reason))
     return out
 
 
