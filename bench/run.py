@@ -101,7 +101,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
         if main_process:
             _record(cfg, out, result, logger)
             if result["status"] == "finished":  # only now are the in-run checkpoints redundant
-                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                Checkpointer(out / "checkpoints", None).clear()
     if main_process:
         print(record.summary_line(result))
     return result
@@ -168,7 +168,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
 
     prep = prepare(cfg)
     result["data"] = prep.data.source
-    adapted, tokenizer, label_ids = prep.adapted, prep.tokenizer, prep.label_ids
+    adapted, label_ids = prep.adapted, prep.label_ids
     train_ds, eval_ds, train_lengths, eval_lengths = prep.train_ds, prep.eval_ds, prep.train_lengths, prep.eval_lengths
     regression = t.type == "regression"
 

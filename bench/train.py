@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.checkpoint import Preempted
-from bench.measure import PeakMemory, Throughput, synchronize
+from bench.measure import PeakMemory, Throughput
 
 
 class Diverged(RuntimeError):
@@ -127,8 +127,7 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
                 accelerator.wait_for_everyone()
                 meter.exclude(time.perf_counter() - paused)
     progress.close()
-    meter.stop()
-    synchronize(device)
+    meter.stop()  # synchronises the device before reading the clock
     tokens_per_s, samples_per_s = meter.rates()
     stats = PhaseStats(time.perf_counter() - start, tokens_per_s, samples_per_s, meter.steps,
                        meter.samples, meter.tokens, memory.read())
