@@ -29,6 +29,10 @@ def _main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN
     command = ["bench", *sys.argv[1:]]
+    # recorded beside speed figures: jobs side by side (joblib) are not comparable with sequential ones
+    target = str(hydra_cfg.launcher.get("_target_", "basic"))
+    n_jobs = hydra_cfg.launcher.get("n_jobs")
+    os.environ["BENCH_LAUNCHER"] = target.rsplit(".", 1)[-1] + (f"(n_jobs={n_jobs})" if n_jobs else "")
     try:
         result = execute(cfg, overrides=list(hydra_cfg.overrides.task), command=command)
     except ConfigError as err:

@@ -98,27 +98,23 @@ def load_tokenizer(model_cfg: DictConfig, cache_dir: str):
 
 
 def load_model(model_cfg: DictConfig, task_spec: DictConfig, tokenizer, cache_dir: str):
-    """The base model with the right head: sequence classification (encoder) or causal LM (decoder)."""
+    """The base model with the head the task's shape asks for (sequence classification or causal LM)."""
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from bench import shapes
 
     transformers.logging.set_verbosity_error()  # "newly initialised classifier" is expected here
-    decoder = model_cfg.kind == "decoder"
-    head_kwargs = {}
-    if not decoder:
-        regression = task_spec.type == "regression"
-        head_kwargs = {"num_labels": 1 if regression else len(task_spec.label_names),
-                       "problem_type": "regression" if regression else "single_label_classification"}
-    auto = AutoModelForCausalLM if decoder else AutoModelForSequenceClassification
+    head = shapes.get(task_spec.shape).head(task_spec, model_cfg.kind)
+    auto = getattr(transformers, head.auto_class)
     if model_cfg.source == "tiny":
         extra = OmegaConf.to_container(model_cfg.config, resolve=True) if model_cfg.get("config") else {}
-        config = AutoConfig.for_model(model_cfg.architecture, vocab_size=len(tokenizer),
-                                      pad_token_id=tokenizer.pad_token_id, **extra, **head_kwargs)
+        config = transformers.AutoConfig.for_model(model_cfg.architecture, vocab_size=len(tokenizer),
+                                                   pad_token_id=tokenizer.pad_token_id, **extra, **head.kwargs)
         model = auto.from_config(config)
     else:
         model = auto.from_pretrained(resolve(model_cfg.source, cache_dir), use_safetensors=True,
                                      trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-                                     **head_kwargs)
+                                     **head.kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -1,6 +1,7 @@
 """One run, top to bottom: task -> model -> method -> train -> evaluate -> measure -> record."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -27,35 +28,6 @@ def _logger(cfg: DictConfig, folder: Path, overrides: list[str]):
                               job_type=cfg.method.name, tags=tags)
 
 
-def evaluate_metrics(task_spec: DictConfig, predictions: list, references: list) -> dict:
-    from bench import metrics
-
-    args = task_spec.get("metric_args") or {}
-    scores = {}
-    for name in task_spec.metrics:
-        out = metrics.load(name).compute(predictions=predictions, references=references, **dict(args.get(name, {})))
-        scores.update({k: float(v) for k, v in out.items()})
-    return scores
-
-
-def _save_what_is_kept(adapted, out: Path, keep: str) -> dict:
-    """save_pretrained what a user must keep for this task, measure it, delete it if not wanted."""
-    if adapted.kind == "hard_prompt":
-        path = out / "prompt"
-        path.mkdir(exist_ok=True)
-        (path / "prompt.txt").write_text(adapted.prompt_prefix, encoding="utf-8")
-        info = measure.storage(path)
-        info["kept"] = True
-        return info
-    path = out / ("adapter" if adapted.kind == "peft" else "model")
-    adapted.model.save_pretrained(path, safe_serialization=True)
-    info = measure.storage(path)
-    info["kept"] = keep == "all" or (keep == "adapters" and adapted.kind == "peft")
-    if not info["kept"]:
-        shutil.rmtree(path, ignore_errors=True)
-    return info
-
-
 def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[str] | None = None) -> dict:
     """Run one configuration and return its result (also written to result.json).
 
@@ -74,9 +46,12 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
     result = {
         "schema_version": record.SCHEMA_VERSION, "status": "running", "run": out.name, "identity": bconfig.identity(cfg),
         "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed,
+        "shape": cfg.task.shape, "eval_split": cfg.trainer.get("eval_split", "validation"),
         "sweep": str(cfg.sweep), "primary_metric": cfg.task.primary_metric, "config": record.redact(resolved),
         "overrides": list(overrides or []), "command": list(command or []),
     }
+    if cfg.get("selection_file"):  # a protocol's final run: how its hyperparameters were chosen
+        result["selection"] = json.loads(Path(cfg.selection_file).read_text())
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch only rank 0 records
     logger = _logger(cfg, out, result["overrides"]) if main_process else record.NullLogger()
     if main_process:  # an online logger without a key failed above, before any compute
@@ -118,48 +93,58 @@ def _record(cfg: DictConfig, out: Path, result: dict, logger) -> None:
     logger.finish(failed=result["status"] != "finished")
 
 
+EVAL_SPLITS = {"validation": ["validation"], "dev": ["dev"], "both": ["dev", "validation"]}
+
+
 @dataclass
 class Prepared:
-    """Everything a run needs before its first step: data, tokenizer, adapted model, collators."""
+    """Everything a run needs before its first step: data, tokenizer, adapted model, the shape's pipeline."""
     data: object
+    shape: object
+    pipeline: object
     tokenizer: object
     adapted: object
     train_ds: object
-    eval_ds: object
     train_lengths: list
-    eval_lengths: list
-    label_ids: list | None
-    train_collate: object
-    eval_collate: object
+    eval_sets: dict          # split name -> tokenised split
+    total_steps: int
+    epochs: int
 
 
-def prepare(cfg: DictConfig) -> Prepared:
-    from bench import methods, models, tasks
+def _adapt(cfg: DictConfig, model, shape, tokenizer, data, total_steps: int):
+    from bench import methods
+
+    ctx = methods.ApplyContext(
+        model_kind=cfg.model.kind, task_type=shape.head(cfg.task, cfg.model.kind).peft_task_type,
+        task_spec=cfg.task, tokenizer=tokenizer, train_split=data.train, seed=cfg.seed, total_steps=total_steps,
+        prompt_text=lambda demos, with_instruction=True: shape.prompt_text(cfg.task, demos, with_instruction),
+        label_words=shape.label_words(cfg.task, cfg.model.kind))
+    return methods.get(cfg.method).apply(model, ctx)
+
+
+def prepare(cfg: DictConfig, eval_splits: list[str] | None = None) -> Prepared:
+    from bench import models, shapes, tasks
 
     t, m, tr, cache = cfg.task, cfg.model, cfg.trainer, cfg.paths.cache_dir
+    shape = shapes.get(t.shape)
     data = tasks.load_task(t, cfg.paths.data_dir, tr, cache)
     tokenizer = models.load_tokenizer(m, cache)
     model = models.load_model(m, t, tokenizer, cache)
-    adapted = methods.apply_method(cfg.method, model, m.kind, t, tokenizer, data.train, cfg.seed)
-
-    label_ids = batching.verbalizer_ids(t, tokenizer) if m.kind == "decoder" else None
-    train_ds = batching.tokenize(data.train, t, tokenizer, tr.max_length, m.kind, adapted.prompt_prefix)
-    eval_ds = batching.tokenize(data.validation, t, tokenizer, tr.max_length, m.kind, adapted.prompt_prefix)
-    train_lengths = list(train_ds["length"])
-    if m.kind == "decoder":  # the training sequence is prompt + the label's verbalizer tokens
-        train_lengths = [n + len(label_ids[y]) for n, y in zip(train_lengths, train_ds["labels"])]
-        train_collate = batching.DecoderTrainCollator(tokenizer, label_ids)
-        eval_collate = batching.DecoderEvalCollator(tokenizer)
-    else:
-        train_collate = eval_collate = batching.EncoderCollator(tokenizer, t.type == "regression")
-    return Prepared(data, tokenizer, adapted, train_ds, eval_ds, train_lengths, list(eval_ds["length"]),
-                    label_ids, train_collate, eval_collate)
+    epochs, total_steps = batching.budget(len(data.train), tr.batch_size, tr.epochs, tr.get("min_steps"),
+                                          tr.max_steps)
+    adapted = _adapt(cfg, model, shape, tokenizer, data, total_steps)
+    pipeline = shape.pipeline(t, m.kind, tokenizer, tr.max_length, adapted.prompt_prefix)
+    train_ds = pipeline.tokenize(data.train)
+    train_lengths = pipeline.train_lengths(train_ds) if pipeline.train_lengths else list(train_ds["length"])
+    splits = eval_splits if eval_splits is not None else EVAL_SPLITS[tr.get("eval_split", "validation")]
+    eval_sets = {name: pipeline.tokenize(data.splits[name]) for name in splits}
+    return Prepared(data, shape, pipeline, tokenizer, adapted, train_ds, train_lengths, eval_sets, total_steps, epochs)
 
 
 def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None:
     from transformers import set_seed
 
-    from bench import train
+    from bench import evaluation, train
 
     t, m, tr = cfg.task, cfg.model, cfg.trainer
     set_seed(cfg.seed)
@@ -168,52 +153,78 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
 
     prep = prepare(cfg)
     result["data"] = prep.data.source
-    adapted, label_ids = prep.adapted, prep.label_ids
-    train_ds, eval_ds, train_lengths, eval_lengths = prep.train_ds, prep.eval_ds, prep.train_lengths, prep.eval_lengths
-    regression = t.type == "regression"
+    adapted, shape, pipeline = prep.adapted, prep.shape, prep.pipeline
 
     accelerator = train.make_accelerator(tr)
     total, trainable = measure.count_params(adapted.model)
     result["params"] = {"total": total, "trainable": trainable,
                         "trainable_percent": 100.0 * trainable / total if total else 0.0}
+    result["budget"] = {"epochs": prep.epochs, "steps": prep.total_steps if trainable > 0 else 0,
+                        "train_rows": len(prep.data.train)}
 
-    eval_order = batching.eval_batches(eval_lengths, tr.eval_batch_size)
+    def evaluate(split: str):
+        return evaluation.evaluate(adapted.model.to(accelerator.device), shape, t, pipeline, split,
+                                   prep.data.splits[split], prep.eval_sets[split],
+                                   batch_size=tr.eval_batch_size, accelerator=accelerator)
+
+    first_split = next(iter(prep.eval_sets))
     if tr.get("eval_before_training") and trainable > 0:  # e.g. a soft prompt initialised from a hard prompt
-        before, refs, _ = train.predict(adapted.model.to(accelerator.device), eval_ds, eval_order, eval_lengths,
-                                        prep.eval_collate, accelerator=accelerator, kind=m.kind,
-                                        regression=regression, label_ids=label_ids)
-        result["metrics_before_training"] = evaluate_metrics(t, before, refs)
+        result["metrics_before_training"] = evaluate(first_split).metrics
 
     train_stats = train.PhaseStats()
     if trainable > 0:
-        order = batching.train_batches(train_lengths, tr.batch_size, cfg.seed, tr.group_by_length, tr.epochs)
-        real, processed = batching.padding_stats(train_lengths, order)
+        order = batching.train_batches(prep.train_lengths, tr.batch_size, cfg.seed, tr.group_by_length, prep.epochs)
+        order = order[:prep.total_steps]
+        real, processed = batching.padding_stats(prep.train_lengths, order)
         with Checkpointer(out / "checkpoints", tr.get("checkpoint_every")) as checkpointer:
-            train_stats = train.train(adapted.model, train_ds, order, train_lengths, prep.train_collate, lr=cfg.method.lr,
-                                      trainer_cfg=tr, accelerator=accelerator, on_log=logger.log,
-                                      checkpointer=checkpointer)
+            train_stats = train.train(adapted.model, prep.train_ds, order, prep.train_lengths, pipeline.train_collate,
+                                      lr=cfg.method.lr, trainer_cfg=tr, accelerator=accelerator, on_log=logger.log,
+                                      checkpointer=checkpointer, loss_fn=pipeline.loss,
+                                      step_hooks=adapted.step_hooks)
         if not accelerator.is_main_process:
             return  # rank 0 evaluates, saves and records
         result["resumed_from_step"] = train_stats.resumed_from_step
         every = tr.log_every
-        result["train_loss_curve"] = {"every_steps": every, "first_step": train_stats.resumed_from_step + 1,
+        result["train_loss_curve"] = {"every_steps": every, "first_step": 1,
                                       "loss": train_stats.losses[every - 1::every] if every > 1 else train_stats.losses}
         result["throughput"] = {"real_token_fraction": real / processed}
         adapted.model = accelerator.unwrap_model(adapted.model)
 
-    predictions, references, eval_stats = train.predict(
-        adapted.model.to(accelerator.device), eval_ds, eval_order, eval_lengths, prep.eval_collate,
-        accelerator=accelerator, kind=m.kind, regression=regression, label_ids=label_ids)
-    result["metrics"] = evaluate_metrics(t, predictions, references)
+    evaluations = {split: evaluate(split) for split in prep.eval_sets}
+    result["predictions"] = {}
+    for split, ev in evaluations.items():
+        result["metrics" if split == "validation" else f"{split}_metrics"] = ev.metrics
+        result["predictions"][split] = evaluation.save_predictions(out, ev, t.primary_metric)
+    constant = shape.baseline(t, prep.data.train)
+    if constant is not None:  # the majority class (or the train mean): what a model must beat
+        majority = {"prediction": constant}
+        for split, ev in evaluations.items():
+            key = "metrics" if split == "validation" else f"{split}_metrics"
+            majority[key] = evaluation.baseline_metrics(t, constant, ev.references)
+        result["baselines"] = {"majority": majority}
+    if pipeline.generates:
+        ev = evaluations[first_split]
+        outputs = shape.outputs(t, ev.raw)
+        result["samples"] = [{"id": ev.ids[i], "output": outputs[i], "prediction": ev.predictions[i],
+                              "reference": ev.references[i]} for i in range(min(5, len(ev.ids)))]
+    facts = adapted.facts()
+    if facts:
+        result["adaptation"] = facts
 
-    kept = _save_what_is_kept(adapted, out, tr.keep_weights)
+    kept_dir = adapted.save(out)
+    kept = measure.storage(kept_dir)
+    kept["kept"] = adapted.kept_by_default(tr.keep_weights)
+    if not kept["kept"]:
+        shutil.rmtree(kept_dir, ignore_errors=True)
     result["params"]["stored"] = kept.pop("stored_params")
     result["storage"] = kept
 
+    eval_stats = evaluations[first_split]
     result.setdefault("throughput", {}).update({
         "train_tokens_per_s": train_stats.tokens_per_s, "train_samples_per_s": train_stats.samples_per_s,
         "eval_tokens_per_s": eval_stats.tokens_per_s, "eval_samples_per_s": eval_stats.samples_per_s,
-        "virtual_tokens": adapted.virtual_tokens,
+        "eval_split": eval_stats.split,
+        "virtual_tokens": adapted.virtual_tokens, "virtual_positions": adapted.virtual_positions,
         "virtual_tokens_counted": False,  # tokens/s counts real input tokens only
         "train_steps": train_stats.steps, "train_samples": train_stats.samples, "train_tokens": train_stats.tokens,
         "eval_samples": eval_stats.samples, "eval_tokens": eval_stats.tokens,
@@ -221,6 +232,10 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
         "train_tokens_per_s_per_process": None if train_stats.tokens_per_s is None
         else train_stats.tokens_per_s / accelerator.num_processes,
     })
+    if pipeline.generates:
+        result["throughput"].update({"generate_tokens_per_s": eval_stats.generate_tokens_per_s,
+                                     "generate_samples_per_s": eval_stats.samples_per_s,
+                                     "generated_tokens": eval_stats.generated_tokens})
     peak_train = train_stats.peak_memory.get("peak_bytes")
     peak_eval = eval_stats.peak_memory.get("peak_bytes")
     result["memory"] = {
@@ -232,15 +247,19 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
     if "peak_reserved_bytes" in eval_stats.peak_memory:
         result["memory"]["peak_reserved_bytes"] = max(
             train_stats.peak_memory.get("peak_reserved_bytes", 0), eval_stats.peak_memory["peak_reserved_bytes"])
-    result["time"] = {"train_s": train_stats.seconds, "eval_s": eval_stats.seconds}
+    result["time"] = {"train_s": train_stats.seconds, "eval_s": sum(ev.seconds for ev in evaluations.values())}
     result["env"] = measure.environment(accelerator.device, bconfig.project_root())
+    result["conditions"] = {
+        "device": result["env"]["device"], "device_name": result["env"]["device_name"],
+        "torch_threads": result["env"]["torch_threads"], "processes": accelerator.num_processes,
+        "launcher": os.environ.get("BENCH_LAUNCHER", "python"),  # set by the Hydra entry point
+        "precision": accelerator.mixed_precision,
+    }
 
-    # MFU: FLOPs count every processed position, virtual prompt tokens included
+    # MFU: FLOPs count every processed position, virtual prompt positions included
     device, name = accelerator.device, result["env"]["device_name"]
     train_fpt, eval_fpt = measure.train_flops_per_token(adapted.model), measure.eval_flops_per_token(adapted.model)
-    peft_cfg = getattr(adapted.model, "peft_config", {}).get("default")
-    # soft prompt positions run through every layer; prefix key/values do not pass the linear layers
-    virtual = adapted.virtual_tokens if peft_cfg is not None and peft_cfg.peft_type.value == "PROMPT_TUNING" else 0
+    virtual = adapted.virtual_positions
 
     def processed(tokens, samples):
         return None if tokens is None else tokens + virtual * (samples or 0)
@@ -252,5 +271,5 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
         "mfu": train_mfu if train_mfu is None else train_mfu / accelerator.num_processes,
         "eval_mfu": measure.mfu(eval_fpt, processed(eval_stats.tokens_per_s, eval_stats.samples_per_s), device, name),
         "mfu_formula": "train: sum over linear layers of 4N (+2N if trained); eval: 2N; per processed token "
-                       "(virtual prompt tokens included); attention scores not counted; peak = dense bf16",
+                       "(virtual prompt positions included); attention scores not counted; peak = dense bf16",
     })

@@ -14,19 +14,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from bench import shapes
 from bench.config import ConfigError
+from bench.shapes import DataError
 
 SPLITS = ("train", "validation")
-
-
-class DataError(ValueError):
-    """Bad task data; the message names the file, line, field or value at fault."""
+__all__ = ["DataError", "TaskData", "load_task", "local_files", "check_jsonl", "row_ids", "demonstrations"]
 
 
 @dataclass
 class TaskData:
     spec: DictConfig
-    splits: dict  # split name -> datasets.Dataset (already subset)
+    splits: dict  # split name -> datasets.Dataset (already subset): train, validation, and dev when held out
     source: dict = field(default_factory=dict)  # where the rows came from, with file hashes
 
     @property
@@ -39,23 +38,7 @@ class TaskData:
 
 
 def _check_row(row, spec: DictConfig, where: str) -> None:
-    needed = [*spec.text_fields, spec.label_field]
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for name in needed:
-        if name not in row:
-            raise DataError(f"{where}: missing field {name!r}; fields present: {sorted(row)}")
-    for name in spec.text_fields:
-        if not isinstance(row[name], str):
-            raise DataError(f"{where}: field {name!r} must be a string, got {row[name]!r}")
-    label = row[spec.label_field]
-    if spec.type == "classification":
-        n = len(spec.label_names)
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n:
-            names = ", ".join(f"{i}={name}" for i, name in enumerate(spec.label_names))
-            raise DataError(f"{where}: label {label!r} is not in the task's label set ({names})")
-    elif isinstance(label, bool) or not isinstance(label, (int, float)):
-        raise DataError(f"{where}: label {label!r} must be a number for a regression task")
+    shapes.get(spec.shape).check_row(row, spec, where)
 
 
 def check_jsonl(path: Path, spec: DictConfig) -> tuple[int, str]:
@@ -100,8 +83,10 @@ def load_task(spec: DictConfig, data_dir: str | None, trainer: DictConfig, cache
         for split, path in files.items():
             rows, sha = check_jsonl(path, spec)
             source["files"][split] = {"path": str(path), "rows": rows, "sha256": sha}
-        raw = datasets.load_dataset("json", data_files={k: str(v) for k, v in files.items()},
-                                    cache_dir=cache_dir and str(Path(cache_dir) / "datasets"))
+        # one split at a time: splits may differ in columns (E2E's validation rows carry all references)
+        raw = {split: datasets.load_dataset("json", data_files=str(path), split="train",
+                                            cache_dir=cache_dir and str(Path(cache_dir) / "datasets"))
+               for split, path in files.items()}
     elif spec.get("hub"):
         hub = spec.hub
         try:
@@ -118,19 +103,34 @@ def load_task(spec: DictConfig, data_dir: str | None, trainer: DictConfig, cache
     else:
         raise ConfigError(f"task.files / task.hub: task {spec.name} names neither local files nor a hub dataset")
 
-    splits = {
-        "train": _subset(raw["train"], trainer.train_samples, trainer.data_seed),
-        "validation": _subset(raw["validation"], trainer.eval_samples, trainer.data_seed),
-    }
+    train = _with_ids(raw["train"])
+    splits = {"validation": _subset(_with_ids(raw["validation"]), trainer.eval_samples, trainer.data_seed)}
+    dev_n = trainer.get("dev_samples")
+    if dev_n:  # held out of train before the train subset: the same rows for every method and seed
+        if dev_n >= len(train):
+            raise ConfigError(f"trainer.dev_samples: {dev_n} leaves no training rows (train has {len(train)})")
+        shuffled = train.shuffle(seed=trainer.data_seed)
+        splits["dev"] = shuffled.select(range(dev_n))
+        train = shuffled.select(range(dev_n, len(shuffled)))
+    splits["train"] = _subset(train, trainer.train_samples, trainer.data_seed)
+    source["splits"] = {name: len(ds) for name, ds in splits.items()}
     return TaskData(spec=spec, splits=splits, source=source)
 
 
-# ---------------------------------------------------------------------------- text formatting
+ID_COLUMN = "_row_id"
 
-def format_example(spec: DictConfig, row: dict) -> str:
-    """The task's template filled with one row (decoder models)."""
-    return spec.prompt.template.format(**{name: row[name] for name in spec.text_fields})
 
+def _with_ids(ds):
+    """A stable id per row: its `idx` field when present, else its row number in the split file."""
+    ids = [int(x) for x in ds["idx"]] if "idx" in ds.column_names else list(range(len(ds)))
+    return ds.add_column(ID_COLUMN, ids)
+
+
+def row_ids(split) -> list[int]:
+    return list(split[ID_COLUMN])
+
+
+# ---------------------------------------------------------------------------- in-context examples
 
 def demonstrations(spec: DictConfig, train, k: int, seed: int) -> list[dict]:
     """k in-context examples drawn from train with the run's seed."""
@@ -141,8 +141,5 @@ def demonstrations(spec: DictConfig, train, k: int, seed: int) -> list[dict]:
 
 
 def hard_prompt_prefix(spec: DictConfig, demos: list[dict], with_instruction: bool = True) -> str:
-    """Instruction plus solved examples: the text a hard-prompt method keeps per task."""
-    parts = [spec.prompt.instruction] if with_instruction and spec.prompt.get("instruction") else []
-    for row in demos:
-        parts.append(format_example(spec, row) + spec.prompt.verbalizer[row[spec.label_field]])
-    return "".join(p + "\n\n" for p in parts)
+    """Instruction plus solved examples, as the task's shape writes them."""
+    return shapes.get(spec.shape).prompt_text(spec, demos, with_instruction)

@@ -1,0 +1,127 @@
+"""Batches -> predictions -> metrics: the one evaluation path that `run` and `serve` share.
+
+Predictions come back in the split's row order whatever the batch order (eval batches are sorted
+by length to save padding). One batch is run untimed before the timed pass, so that one-off costs
+(allocations, kernel selection) stay out of the eval throughput without dropping a timed batch.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from bench import batches as batching
+from bench.measure import PeakMemory, Throughput
+
+
+@dataclass
+class Evaluation:
+    split: str
+    ids: list
+    raw: list                     # the model's outputs per row (generated text, choice indices, ...)
+    predictions: list             # what the metrics score
+    references: list
+    metrics: dict
+    seconds: float = 0.0
+    tokens_per_s: float | None = None      # real input tokens (generation: prompt tokens)
+    samples_per_s: float | None = None
+    generated_tokens: int = 0
+    generate_tokens_per_s: float | None = None
+    samples: int = 0
+    tokens: int = 0
+    peak_memory: dict = field(default_factory=dict)
+
+
+def score(spec, predictions: list, references: list, extra: dict | None = None) -> dict:
+    """The task's metrics (shipped `evaluate` modules); `extra` predictions add `<metric>_<suffix>` keys."""
+    from bench import metrics
+
+    args = spec.get("metric_args") or {}
+    scores = {}
+    for name in spec.metrics:
+        out = metrics.load(name).compute(predictions=predictions, references=references, **dict(args.get(name, {})))
+        scores.update({k: float(v) for k, v in out.items()})
+    for suffix, preds in (extra or {}).items():
+        for key, value in score(spec, preds, references).items():
+            scores[f"{key}_{suffix}"] = value
+    return scores
+
+
+def _loader(dataset, order, collate) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=order, collate_fn=collate, num_workers=0)
+
+
+@torch.inference_mode()
+def evaluate(model, shape, spec, pipeline, split_name: str, raw_split, dataset, *, batch_size: int,
+             accelerator) -> Evaluation:
+    """Run the model over one split: per-row predictions, metrics, throughput and peak memory."""
+    from bench import tasks
+
+    device = accelerator.device
+    model.eval()
+    lengths = list(dataset["length"])
+    order = batching.eval_batches(lengths, batch_size)
+
+    def run(batch):
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        with accelerator.autocast():
+            return pipeline.predict(model, batch)
+
+    if order:  # warm-up on the shortest batch, outside the timed window
+        run(pipeline.eval_collate([dataset[i] for i in order[-1]]))
+    memory = PeakMemory(device)
+    memory.reset()
+    meter = Throughput(device, 0)
+    raw: list = [None] * len(lengths)
+    generated = 0
+    start = time.perf_counter()
+    for indices, batch in zip(order, _loader(dataset, order, pipeline.eval_collate)):
+        meter.before_step()
+        preds, new_tokens = run(batch)
+        generated += new_tokens
+        for i, p in zip(indices, preds):
+            raw[i] = p
+        meter.after_step(len(indices), sum(lengths[i] for i in indices))
+    meter.stop()
+    seconds = time.perf_counter() - start
+    tokens_per_s, samples_per_s = meter.rates()
+    predictions, extra = shape.finalize(spec, raw)
+    references = shape.references(spec, raw_split)
+    result = Evaluation(split_name, tasks.row_ids(raw_split), raw, predictions, references,
+                        score(spec, predictions, references, extra), seconds, tokens_per_s, samples_per_s,
+                        samples=meter.samples, tokens=meter.tokens, peak_memory=memory.read())
+    if pipeline.generates:
+        result.generated_tokens = generated
+        result.generate_tokens_per_s = generated / meter.elapsed if meter.elapsed > 0 else None
+    return result
+
+
+def save_predictions(folder: Path, evaluation: Evaluation, primary_metric: str) -> str:
+    """ids + predictions + references of one split, gzip JSON (deterministic bytes); returns the file name."""
+    name = f"predictions-{evaluation.split}.json.gz"
+    blob = json.dumps({"split": evaluation.split, "primary_metric": primary_metric, "ids": evaluation.ids,
+                       "predictions": evaluation.predictions, "references": evaluation.references},
+                      sort_keys=True).encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(gzip.compress(blob, mtime=0))
+    tmp.replace(folder / name)
+    return name
+
+
+def baseline_metrics(spec, constant, references: list) -> dict:
+    """The task's metrics for a constant prediction; a correlation of a constant is recorded as 0."""
+    predictions = [constant] * len(references)
+    if spec.shape == "regression":
+        return {name: 0.0 for name in _metric_keys(spec)}
+    return score(spec, predictions, references)
+
+
+def _metric_keys(spec) -> list[str]:
+    return list(spec.metrics)

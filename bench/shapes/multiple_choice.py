@@ -1,0 +1,218 @@
+"""Multiple choice: a context and any number of choices; the label is the index of the right one.
+
+Task file: `context_fields` (or a `context_template` filled with the row), and either
+`choice_fields: [choice1, choice2, ...]` or `choices_field: <a list field>`.
+
+Encoders: every (context, choice) pair is scored by a one-output sequence-classification head
+and the choices of a row compete in a softmax (what AutoModelForMultipleChoice does, written
+over a flat batch of pairs so that every PEFT method applies unchanged).
+Decoders: the log-likelihood of each choice's own tokens after the context, summed and
+length-normalised (both recorded as `accuracy_sum` / `accuracy_mean`; `task.scoring` picks
+which one is `accuracy`); training minimises the loss on the right choice's tokens only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bench.config import ConfigError
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, fill, majority, pad,
+                               sequence_logprobs, token_ids)
+from bench.shapes.classification import _mapper
+
+
+def context_text(spec, row: dict) -> str:
+    if spec.get("context_template"):
+        return fill(spec.context_template, row, "task.context_template")
+    return " ".join(row[f] for f in spec.context_fields)
+
+
+def choices_of(spec, row: dict) -> list[str]:
+    if spec.get("choices_field"):
+        return list(row[spec.choices_field])
+    return [row[f] for f in spec.choice_fields]
+
+
+def _per_row(flat: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Flat per-choice scores -> (rows, most choices), missing choices at -inf."""
+    out = flat.new_full((len(counts), max(counts)), float("-inf"))
+    start = 0
+    for i, n in enumerate(counts):
+        out[i, :n] = flat[start:start + n]
+        start += n
+    return out
+
+
+class MultipleChoice(Shape):
+    name = "multiple_choice"
+    model_kinds = ("encoder", "decoder")
+    metrics = frozenset({"accuracy"})
+
+    def check(self, spec, model_kind):
+        super().check(spec, model_kind)
+        if bool(spec.get("choice_fields")) == bool(spec.get("choices_field")):
+            raise ConfigError("task.choice_fields / task.choices_field: name the choice fields "
+                              "(e.g. [choice1, choice2]) or one list field, not both")
+        if spec.get("choice_fields") and len(spec.choice_fields) < 2:
+            raise ConfigError("task.choice_fields: a multiple-choice task needs at least two choices")
+        if not spec.get("context_fields") and not spec.get("context_template"):
+            raise ConfigError("task.context_fields: name the context field(s) or give task.context_template")
+        if spec.get("scoring", "mean") not in ("sum", "mean"):
+            raise ConfigError(f"task.scoring: must be sum or mean, got {spec.scoring!r}")
+
+    def required_fields(self, spec):
+        fields = list(spec.get("context_fields") or [])
+        fields += list(spec.choice_fields) if spec.get("choice_fields") else [spec.choices_field]
+        return [*fields, spec.label_field]
+
+    def check_row(self, row, spec, where):
+        super().check_row(row, spec, where)
+        if spec.get("choices_field"):
+            value = row[spec.choices_field]
+            if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) for c in value):
+                raise DataError(f"{where}: field {spec.choices_field!r} must be a list of at least two strings")
+        for name in self.required_fields(spec)[:-1]:
+            if name != spec.get("choices_field") and not isinstance(row[name], str):
+                raise DataError(f"{where}: field {name!r} must be a string, got {row[name]!r}")
+        n = len(choices_of(spec, row))
+        label = row[spec.label_field]
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n:
+            raise DataError(f"{where}: label {label!r} is not the index of one of the {n} choices (0..{n - 1})")
+        if spec.get("context_template"):
+            try:
+                spec.context_template.format(**row)
+            except KeyError as err:
+                raise DataError(f"{where}: task.context_template names field {err.args[0]!r}, "
+                                f"which the row does not have (fields: {sorted(row)})") from None
+
+    def head(self, spec, model_kind):
+        if model_kind == "decoder":
+            return ModelHead("AutoModelForCausalLM", {}, "CAUSAL_LM")
+        return ModelHead("AutoModelForSequenceClassification", {"num_labels": 1, "problem_type": "regression"})
+
+    def pipeline(self, spec, model_kind, tokenizer, max_length, prompt_prefix):
+        label_field = spec.label_field
+        if model_kind == "encoder":
+            def encode(batch):
+                rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+                out = {"choice_input_ids": [], "choice_token_type_ids": [], "labels": [], "length": []}
+                for row in rows:
+                    choices = choices_of(spec, row)
+                    enc = tokenizer([context_text(spec, row)] * len(choices), choices,
+                                    truncation=True, max_length=max_length)
+                    out["choice_input_ids"].append(enc["input_ids"])
+                    out["choice_token_type_ids"].append(enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]])
+                    out["labels"].append(row[label_field])
+                    out["length"].append(sum(len(x) for x in enc["input_ids"]))
+                return out
+
+            collate = _EncoderChoiceCollator(tokenizer)
+            return Pipeline(tokenize=_mapper(encode), train_collate=collate, eval_collate=collate,
+                            loss=_encoder_loss, predict=_encoder_predict)
+
+        template = spec.prompt.template if spec.get("prompt") and spec.prompt.get("template") else None
+
+        def encode(batch):
+            rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            out = {"input_ids": [], "choice_ids": [], "labels": [], "length": []}
+            for row in rows:
+                choices = [token_ids(tokenizer, " " + c) or [tokenizer.eos_token_id] for c in choices_of(spec, row)]
+                budget = max_length - max(len(c) for c in choices)
+                text = prompt_prefix + (fill(template, row) if template else context_text(spec, row))
+                prompt = tokenizer(text)["input_ids"][-budget:]  # keep the end: it holds the question
+                out["input_ids"].append(prompt)
+                out["choice_ids"].append(choices)
+                out["labels"].append(row[label_field])
+                out["length"].append(sum(len(prompt) + len(c) for c in choices))  # every choice is a forward pass
+            return out
+
+        def train_lengths(ds):
+            return [len(p) + len(c[y]) for p, c, y in zip(ds["input_ids"], ds["choice_ids"], ds["labels"])]
+
+        return Pipeline(tokenize=_mapper(encode), train_collate=_DecoderChoiceTrainCollator(tokenizer),
+                        eval_collate=_DecoderChoiceEvalCollator(tokenizer), loss=lambda model, batch: model(**batch).loss,
+                        predict=_decoder_predict, train_lengths=train_lengths)
+
+    def finalize(self, spec, raw):
+        """Decoder predictions carry (sum, mean) choices: the primary one plus both, named."""
+        if raw and isinstance(raw[0], (list, tuple)):
+            by_sum, by_mean = [p[0] for p in raw], [p[1] for p in raw]
+            primary = by_sum if spec.get("scoring", "mean") == "sum" else by_mean
+            return primary, {"sum": by_sum, "mean": by_mean}
+        return raw, {}
+
+    def demonstration(self, spec, row):
+        template = spec.prompt.template if spec.get("prompt") and spec.prompt.get("template") else None
+        context = fill(template, row) if template else context_text(spec, row)
+        return context + " " + choices_of(spec, row)[row[spec.label_field]]
+
+    def baseline(self, spec, train_split):
+        return majority(list(train_split[spec.label_field]))
+
+
+class _EncoderChoiceCollator:
+    def __init__(self, tokenizer):
+        self.pad_id = tokenizer.pad_token_id
+
+    def __call__(self, rows):
+        ids = [c for r in rows for c in r["choice_input_ids"]]
+        types = [c for r in rows for c in r["choice_token_type_ids"]]
+        return {"input_ids": pad(ids, self.pad_id), "attention_mask": pad([[1] * len(x) for x in ids], 0),
+                "token_type_ids": pad(types, 0),
+                "n_choices": torch.tensor([len(r["choice_input_ids"]) for r in rows]),
+                "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long)}
+
+
+def _encoder_scores(model, batch):
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    flat = model(**inputs).logits.squeeze(-1).float()
+    return _per_row(flat, batch["n_choices"].tolist())
+
+
+def _encoder_loss(model, batch):
+    return F.cross_entropy(_encoder_scores(model, batch), batch["labels"])
+
+
+def _encoder_predict(model, batch):
+    return _encoder_scores(model, batch).argmax(dim=-1).tolist(), 0
+
+
+class _DecoderChoiceTrainCollator:
+    """context + the right choice; the loss covers the choice's tokens only."""
+
+    def __init__(self, tokenizer):
+        self.pad_id = tokenizer.pad_token_id
+
+    def __call__(self, rows):
+        seqs, targets = [], []
+        for r in rows:
+            answer = r["choice_ids"][r["labels"]]
+            seqs.append(r["input_ids"] + answer)
+            targets.append([-100] * len(r["input_ids"]) + answer)
+        return {"input_ids": pad(seqs, self.pad_id), "attention_mask": pad([[1] * len(s) for s in seqs], 0),
+                "labels": pad(targets, -100)}
+
+
+class _DecoderChoiceEvalCollator:
+    """Every (context, choice) sequence of the batch, flat, with a mask over the choice tokens."""
+
+    def __init__(self, tokenizer):
+        self.pad_id = tokenizer.pad_token_id
+
+    def __call__(self, rows):
+        seqs, targets = [], []
+        for r in rows:
+            for choice in r["choice_ids"]:
+                seqs.append(r["input_ids"] + choice)
+                targets.append([0] * len(r["input_ids"]) + [1] * len(choice))
+        return {"input_ids": pad(seqs, self.pad_id), "attention_mask": pad([[1] * len(s) for s in seqs], 0),
+                "target_mask": pad(targets, 0), "n_choices": torch.tensor([len(r["choice_ids"]) for r in rows]),
+                "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long)}
+
+
+def _decoder_predict(model, batch):
+    total, count = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["target_mask"])
+    counts = batch["n_choices"].tolist()
+    by_sum = _per_row(total, counts).argmax(dim=-1).tolist()
+    by_mean = _per_row(total / count.clamp(min=1), counts).argmax(dim=-1).tolist()
+    return [[s, m] for s, m in zip(by_sum, by_mean)], 0
