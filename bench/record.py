@@ -12,10 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.units import human_bytes
+
 RESULT_FILE = "result.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # the measurement sections whose leaves become W&B summary keys "<section>/<key>"
-SUMMARY_SECTIONS = ("metrics", "params", "storage", "throughput", "memory", "time")
+SUMMARY_SECTIONS = ("metrics", "dev_metrics", "params", "storage", "throughput", "memory", "time")
 _SECRET = re.compile(r"(^|[_-])(api[_-]?key|key|token|secret|password)$", re.IGNORECASE)
 
 
@@ -74,30 +76,22 @@ def flatten(result: dict) -> dict:
     return flat
 
 
-def _human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def summary_line(result: dict) -> str:
     head = f"[{result.get('status')}] {result.get('task')} {result.get('model')} {result.get('method')} seed={result.get('seed')}"
     if result.get("status") != "finished":
         return f"{head} | {result.get('error', '')}".rstrip(" |")
     primary = result.get("primary_metric")
     value = (result.get("metrics") or {}).get(primary)
+    if value is None and "dev_metrics" in result:  # a selection trial: scored on dev only
+        primary, value = f"dev {primary}", result["dev_metrics"].get(primary)
     params, storage = result.get("params", {}), result.get("storage", {})
     tput, time_ = result.get("throughput", {}), result.get("time", {})
     parts = [
         f"{primary}={value:.4f}" if isinstance(value, float) else f"{primary}={value}",
         f"trainable={params.get('trainable'):,}",
-        f"stored={_human_bytes(storage.get('bytes'))}",
+        f"stored={human_bytes(storage.get('bytes'), '-')}",
         f"train={tput['train_tokens_per_s']:.0f} tok/s" if tput.get("train_tokens_per_s") else "train=-",
-        f"peak={_human_bytes((result.get('memory') or {}).get('peak_bytes'))}",
+        f"mem+={human_bytes((result.get('memory') or {}).get('added_bytes', (result.get('memory') or {}).get('peak_bytes')), '-')}",
         f"time={time_.get('total_s', 0):.0f}s",
     ]
     return f"{head} | " + " ".join(parts)

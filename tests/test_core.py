@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from bench import batches, config, measure, methods, models, tasks
+from bench import batches, config, measure, methods, models, shapes, tasks
 from bench.run import execute
 
 METHODS = ["full", "lora", "prefix", "prompt"]
@@ -13,9 +13,9 @@ METHODS = ["full", "lora", "prefix", "prompt"]
 def _fixed_batch(cfg):
     data = tasks.load_task(cfg.task, cfg.paths.data_dir, cfg.trainer)
     tokenizer = models.load_tokenizer(cfg.model, cfg.paths.cache_dir)
-    ds = batches.tokenize(data.train, cfg.task, tokenizer, 64, "encoder")
-    collate = batches.EncoderCollator(tokenizer, regression=False)
-    return data, tokenizer, collate([ds[i] for i in range(16)])
+    pipeline = shapes.get(cfg.task.shape).pipeline(cfg.task, "encoder", tokenizer, 64, "")
+    ds = pipeline.tokenize(data.train)
+    return data, tokenizer, pipeline.train_collate([ds[i] for i in range(16)])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -62,7 +62,10 @@ def test_prompt_storage_is_virtual_tokens_times_hidden_times_four(compose):
     tensor_bytes = (12 * h + head_values) * 4  # fp32
     weights = result["storage"]["files"]["adapter_model.safetensors"]
     assert tensor_bytes <= weights <= tensor_bytes + 1024  # safetensors header only
-    assert result["storage"]["bytes"] == sum(result["storage"]["files"].values())
+    # what a loader needs: weights + adapter config; PEFT's generated model card is listed, not counted
+    files = result["storage"]["files"]
+    assert result["storage"]["bytes"] == weights + files["adapter_config.json"]
+    assert "README.md" in files and "README.md" not in result["storage"]["counted"]
     assert result["params"]["stored"] == 12 * h + head_values
     assert result["params"]["trainable"] == 12 * h + head_values
 
@@ -126,10 +129,12 @@ def test_storage_counts_safetensors_values(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(tmp_path / "w.safetensors"))
-    (tmp_path / "cfg.json").write_text("{}")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "README.md").write_text("a model card nobody needs to load the weights")
     info = measure.storage(tmp_path)
     assert info["stored_params"] == 17
     assert info["bytes"] == (tmp_path / "w.safetensors").stat().st_size + 2
+    assert set(info["files"]) == {"w.safetensors", "config.json", "README.md"}
 
 
 @pytest.mark.parametrize("override,key", [

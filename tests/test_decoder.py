@@ -2,9 +2,13 @@
 import pytest
 import torch
 
-from bench import batches, methods, models, tasks
+import gzip
+import json
+
+from bench import config, methods, models, tasks
 from bench.run import execute
-from bench.train import choice_scores
+from bench.shapes.classification import (DecoderEvalCollator, DecoderTrainCollator, choice_scores,
+                                         verbalizer_ids)
 
 
 @pytest.mark.parametrize("method", ["lora", "prompt", "prefix", "full"])
@@ -12,7 +16,11 @@ def test_decoder_methods_finish_with_causal_lm_peft(compose, method):
     cfg = compose("model=tiny-llama", f"method={method}")
     result = execute(cfg)
     assert result["status"] == "finished", result.get("error")
-    assert 0 <= result["metrics"]["accuracy"] <= 1
+    # the recorded accuracy is the one the saved per-example predictions give
+    saved = json.loads(gzip.decompress((config.run_dir(cfg) / result["predictions"]["validation"]).read_bytes()))
+    hits = [p == r for p, r in zip(saved["predictions"], saved["references"])]
+    assert len(hits) == cfg.trainer.eval_samples
+    assert result["metrics"]["accuracy"] == pytest.approx(sum(hits) / len(hits))
     if method != "full":
         assert result["config"]["method"]["peft"]["_target_"].startswith("peft.")
         assert result["params"]["trainable"] < result["params"]["total"] / 10
@@ -42,8 +50,8 @@ def test_demonstrations_follow_the_seed(compose):
 def test_training_loss_covers_only_the_label_continuation(compose):
     cfg = compose("model=tiny-llama")
     tokenizer = models.load_tokenizer(cfg.model, cfg.paths.cache_dir)
-    label_ids = batches.verbalizer_ids(cfg.task, tokenizer)
-    collate = batches.DecoderTrainCollator(tokenizer, label_ids)
+    label_ids = verbalizer_ids(cfg.task, tokenizer)
+    collate = DecoderTrainCollator(tokenizer, label_ids)
     batch = collate([{"input_ids": [5, 6, 7], "labels": 1}, {"input_ids": [8], "labels": 0}])
     assert batch["labels"][0].tolist()[:3] == [-100, -100, -100]
     assert batch["labels"][0].tolist()[3:3 + len(label_ids[1])] == label_ids[1]
@@ -57,11 +65,11 @@ def test_single_and_multi_token_scoring_agree(compose):
     tokenizer = models.load_tokenizer(cfg.model, cfg.paths.cache_dir)
     torch.manual_seed(0)
     model = models.load_model(cfg.model, cfg.task, tokenizer, cfg.paths.cache_dir).eval()
-    collate = batches.DecoderEvalCollator(tokenizer)
+    collate = DecoderEvalCollator(tokenizer)
     batch = collate([{"input_ids": tokenizer("Review: fine film\nSentiment:")["input_ids"], "labels": 1},
                      {"input_ids": tokenizer("Review: bad\nSentiment:")["input_ids"], "labels": 0}])
     batch.pop("labels")
-    label_ids = batches.verbalizer_ids(cfg.task, tokenizer)
+    label_ids = verbalizer_ids(cfg.task, tokenizer)
     assert all(len(x) == 1 for x in label_ids)
     with torch.no_grad():
         fast = choice_scores(model, batch, label_ids)

@@ -33,7 +33,7 @@ def choices_of(spec, row: dict) -> list[str]:
     return [row[f] for f in spec.choice_fields]
 
 
-def _per_row(flat: torch.Tensor, counts: list[int]) -> torch.Tensor:
+def scores_per_row(flat: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """Flat per-choice scores -> (rows, most choices), missing choices at -inf."""
     out = flat.new_full((len(counts), max(counts)), float("-inf"))
     start = 0
@@ -166,7 +166,7 @@ class _EncoderChoiceCollator:
 def _encoder_scores(model, batch):
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     flat = model(**inputs).logits.squeeze(-1).float()
-    return _per_row(flat, batch["n_choices"].tolist())
+    return scores_per_row(flat, batch["n_choices"].tolist())
 
 
 def _encoder_loss(model, batch):
@@ -213,6 +213,6 @@ class _DecoderChoiceEvalCollator:
 def _decoder_predict(model, batch):
     total, count = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["target_mask"])
     counts = batch["n_choices"].tolist()
-    by_sum = _per_row(total, counts).argmax(dim=-1).tolist()
-    by_mean = _per_row(total / count.clamp(min=1), counts).argmax(dim=-1).tolist()
+    by_sum = scores_per_row(total, counts).argmax(dim=-1).tolist()
+    by_mean = scores_per_row(total / count.clamp(min=1), counts).argmax(dim=-1).tolist()
     return [[s, m] for s, m in zip(by_sum, by_mean)], 0
