@@ -24,7 +24,7 @@ def _main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from bench.run import execute
+    from bench.config import validate
 
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN
@@ -34,6 +34,9 @@ def _main(cfg: DictConfig) -> float:
     n_jobs = hydra_cfg.launcher.get("n_jobs")
     os.environ["BENCH_LAUNCHER"] = target.rsplit(".", 1)[-1] + (f"(n_jobs={n_jobs})" if n_jobs else "")
     try:
+        validate(cfg)  # before importing the run (torch, transformers): a config error costs about a second
+        from bench.run import execute
+
         result = execute(cfg, overrides=list(hydra_cfg.overrides.task), command=command)
     except ConfigError as err:
         print(f"bench: config error: {err}", file=sys.stderr)

@@ -1,19 +1,30 @@
-"""Config helpers: Hydra resolvers, validation before compute, and a run's identity."""
+"""Config helpers: Hydra resolvers, validation before compute (against bench.schema), and a run's identity."""
 from __future__ import annotations
 
+import ast
+import dataclasses
+import difflib
 import hashlib
+import importlib.util
 import json
+import os
+import re
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (ConfigKeyError, InterpolationResolutionError, InterpolationValidationError,
+                              MissingMandatoryValue, OmegaConfBaseException)
+
+from bench import schema
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR.parent / "conf"
 
 # Keys that do not change what a run computes: where it writes, how it logs, whether it re-runs.
-VOLATILE_KEYS = ("paths", "logger", "force", "sweep", "hydra")
-
+# (selection_file is a path: its content hash stands in for it.)
+VOLATILE_KEYS = ("paths", "logger", "force", "sweep", "hydra", "selection_file")
 
 class ConfigError(ValueError):
     """A configuration problem found before any compute; the message names the key and the fix."""
@@ -41,11 +52,46 @@ def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------------- identity
+
+_SHA256: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, cached by (path, size, mtime, inode): a sweep hashes each file once."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA256:
+        with open(path, "rb") as fh:
+            _SHA256[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _SHA256[key]
+
+
+def data_files(task: Mapping, data_dir: str | None) -> dict[str, Path]:
+    """The task's local data files under paths.data_dir, by split (whether they exist or not)."""
+    files = task.get("files")
+    return {split: Path(data_dir) / rel for split, rel in files.items()} if files and data_dir else {}
+
+
 def identity(cfg: DictConfig | dict) -> str:
-    """Hash of the resolved config minus volatile keys: same hash = same computation."""
-    data = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    """Same hash = same computation: the resolved config (typed by the schema, so defaults count the
+    same whether written or not) minus VOLATILE_KEYS, plus the sha256 of every local data file of the
+    task and of the selection file."""
+    try:
+        data = to_container(_typed(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)))
+    except (ConfigError, OmegaConfBaseException):  # not a valid config (e.g. an old record): as it is
+        data = to_container(cfg) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg, default=str))
+    files = data_files(data.get("task") or {}, (data.get("paths") or {}).get("data_dir"))
+    selection = data.get("selection_file")
     for key in VOLATILE_KEYS:
         data.pop(key, None)
+    data["data_sha256"] = {split: file_sha256(path) for split, path in sorted(files.items()) if path.is_file()}
+    if selection and Path(selection).is_file():  # (validate refuses a missing one; a dry run may not have it yet)
+        data["selection_sha256"] = file_sha256(Path(selection))
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -58,8 +104,28 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.results_dir) / str(cfg.sweep) / run_name(cfg)
 
 
-def available(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+# -------------------------------------------------------------------------------- validation
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Checks that catch impossible settings in about a second, before any data or model is loaded.
+
+    Returns the config typed by bench.schema (every declared key present, defaults filled in).
+    """
+    register_resolvers()
+    try:
+        typed = _typed(cfg)
+        _check_rules(typed, schema.BenchConfig)
+        _check_config(typed)
+        _check_fit(typed)
+        _check_data(typed)
+        _check_method(typed)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
+    except Exception as err:  # a wrong type compared, a missing value: still the config's fault
+        raise ConfigError(f"invalid configuration ({type(err).__name__}: {err})") from None
+    return typed
 
 
 def _require(cond: bool, key: str, message: str) -> None:
@@ -67,124 +133,190 @@ def _require(cond: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def _int_at_least(value: Any, least: int) -> bool:
+    return schema.is_int(value) and value >= least
 
 
-# The keys each group may have. A typo in a YAML file or a `+key=` override fails here instead of
-# being silently ignored. Trainer keys are those of the base preset, conf/trainer/quick.yaml.
-ALLOWED_KEYS = {
-    "": {"task", "model", "method", "trainer", "logger", "paths", "seed", "sweep", "force"},
-    "task": {"name", "description", "files", "hub", "text_fields", "label_field", "type", "label_names",
-             "metrics", "metric_args", "primary_metric", "prompt"},
-    "model": {"name", "description", "kind", "source", "tokenizer", "attention_modules", "trust_remote_code",
-              "architecture", "config"},
-    "method": {"name", "description", "lr", "peft", "init", "shots", "instruction"},
-    "logger": {"name", "project", "entity", "mode", "artifact_max_bytes"},
-    "paths": {"root", "data_dir", "results_dir", "cache_dir"},
-}
-
-
-def _trainer_keys() -> set[str]:
-    return set(OmegaConf.load(CONF_DIR / "trainer" / "quick.yaml"))
-
-
-def _check_keys(cfg: DictConfig) -> None:
-    allowed = dict(ALLOWED_KEYS, trainer=_trainer_keys())
-    for group, keys in allowed.items():
-        node = cfg if group == "" else cfg.get(group)
-        if node is None:
-            continue
-        for key in node:
-            if key not in keys and not (group == "" and key == "hydra"):
-                where = group or "config"
-                raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(sorted(keys))}")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Cheap checks that catch impossible settings in seconds, before a model is loaded."""
+def _typed(cfg: DictConfig) -> DictConfig:
+    """The composed config merged into the schema: OmegaConf refuses unknown keys and wrong types."""
+    task = cfg.get("task")
+    if isinstance(task, DictConfig) and "type" in task:
+        raise ConfigError(f"task.type was renamed task.shape: write `shape: {task.type}` in the task file "
+                          f"(shape: {schema.words(schema.SHAPES)})")
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     try:
-        _validate(cfg)
-    except ConfigError:
-        raise
-    except Exception as err:  # a wrong type compared, a missing value: still the config's fault
-        raise ConfigError(f"invalid configuration ({type(err).__name__}: {err})") from None
+        return OmegaConf.merge(_schema(), cfg)  # a new config: the cached schema is not changed
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
 
 
-def _validate(cfg: DictConfig) -> None:
+@lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    return OmegaConf.structured(schema.BenchConfig)
+
+
+def _explain(err: OmegaConfBaseException) -> ConfigError:
+    """An OmegaConf error as `key: what is allowed, got <value>`."""
+    path = str(getattr(err, "full_key", None) or "")
+    parent, _, name = path.rpartition(".")
+    if isinstance(err, ConfigKeyError) and (holder := _schema_class(parent)) is not None:
+        keys = ", ".join(sorted(f.name for f in dataclasses.fields(holder)))
+        return ConfigError(f"{parent or 'config'}: unknown key {name!r}; allowed keys: {keys}")
+    found = schema.field_at(path)
+    unresolved = isinstance(err, InterpolationResolutionError) and not isinstance(err, InterpolationValidationError)
+    if found is None or unresolved:  # e.g. ${oc.env:NAME} with NAME unset
+        return ConfigError(f"{path or 'config'}: {getattr(err, 'msg', err)}".split("\n")[0])
+    if isinstance(err, MissingMandatoryValue):
+        return ConfigError(f"{path}: missing; must be {schema.allowed(found)}")
+    return ConfigError(f"{path}: must be {schema.allowed(found)}, got {getattr(err, 'value', None)!r}")
+
+
+def _schema_class(path: str) -> type | None:
+    if not path:
+        return schema.BenchConfig
+    found = schema.field_at(path)
+    return schema.dataclass_in(found.type) if found is not None else None
+
+
+def _check_rules(node: DictConfig, cls: type, prefix: str = "") -> None:
+    """Every schema Rule (ranges, choices), walking the nested dataclasses."""
+    for f in dataclasses.fields(cls):
+        value = node[f.name]
+        rule = f.metadata.get("rule")
+        _require(rule is None or rule.ok(value), prefix + f.name, f"must be {rule and rule.allowed}, got {value!r}")
+        inner = schema.dataclass_in(f.type)
+        if inner is not None and value is not None:
+            _check_rules(value, inner, f"{prefix}{f.name}.")
+
+
+def _check_config(cfg: DictConfig) -> None:
+    """Rules between keys."""
     from bench import metrics
 
-    _check_keys(cfg)
-    t, m, method, tr = cfg.task, cfg.model, cfg.method, cfg.trainer
-    _require(isinstance(cfg.seed, int), "seed", f"must be an integer, got {cfg.seed!r}")
-
-    _require(t.type in ("classification", "regression"), "task.type",
-             f"must be 'classification' or 'regression', got {t.type!r}")
-    _require(bool(t.text_fields), "task.text_fields", "name one or two text fields")
+    t, method, tr = cfg.task, cfg.method, cfg.trainer
     known = metrics.available()
     for name in t.metrics:
         _require(name in known, "task.metrics", f"unknown metric {name!r}; shipped metrics: {', '.join(known)}")
     _require(t.primary_metric in t.metrics, "task.primary_metric",
              f"{t.primary_metric!r} is not in task.metrics {list(t.metrics)}")
-    regression_only, classification_only = {"pearsonr", "spearmanr"}, {"accuracy", "f1", "matthews_correlation"}
-    wrong = classification_only if t.type == "regression" else regression_only
-    bad = [name for name in t.metrics if name in wrong]
-    _require(not bad, "task.metrics", f"{bad} cannot score a {t.type} task; "
-             f"use {sorted(regression_only if t.type == 'regression' else classification_only)}")
-    if t.type == "classification":
-        _require(bool(t.label_names) and len(t.label_names) >= 2, "task.label_names",
-                 "a classification task needs at least two label names")
-
-    _require(m.kind in ("encoder", "decoder"), "model.kind", f"must be 'encoder' or 'decoder', got {m.kind!r}")
-    if m.kind == "decoder":
-        _require(t.type == "classification", "task",
-                 f"decoder models score verbalizer words, so they need a classification task; {t.name} is {t.type}")
-        _require(t.get("prompt") is not None and len(t.prompt.verbalizer) == len(t.label_names),
-                 "task.prompt.verbalizer", f"needs one word per label ({len(t.label_names)}) for decoder models")
-
-    _require(method.get("name") is not None, "method.name", "missing")
     if method.name != "hard_prompt":
-        lr = method.get("lr")
-        _require(isinstance(lr, (int, float)) and lr > 0, "method.lr", f"must be > 0, got {lr!r}")
-    peft_cfg = method.get("peft")
-    if peft_cfg is not None:
-        _require("_target_" in peft_cfg and str(peft_cfg._target_).startswith("peft."), "method.peft._target_",
-                 "must name a PEFT config class, e.g. peft.LoraConfig")
-        if "r" in peft_cfg:
-            _require(_positive_int(peft_cfg.r), "method.peft.r", f"must be an integer >= 1, got {peft_cfg.r!r}")
-        if "num_virtual_tokens" in peft_cfg:
-            from_text = peft_cfg.num_virtual_tokens is None and method.get("init") is not None \
-                and method.init.mode == "text"  # null = as many as the init text has tokens
-            _require(from_text or _positive_int(peft_cfg.num_virtual_tokens), "method.peft.num_virtual_tokens",
-                     f"must be an integer >= 1 (or null with method.init.mode=text), got {peft_cfg.num_virtual_tokens!r}")
-    if method.name == "hard_prompt":
-        shots = method.get("shots")
-        _require(isinstance(shots, int) and not isinstance(shots, bool) and shots >= 0, "method.shots",
-                 f"must be an integer >= 0, got {shots!r}")
-    init = method.get("init")
-    if init is not None:
-        modes = ("random", "vocab", "text", "labels")
-        _require(init.mode in modes, "method.init.mode", f"must be one of {modes}, got {init.mode!r}")
+        _require(method.lr is not None and method.lr > 0, "method.lr", f"must be > 0, got {method.lr!r}")
+    _require(tr.eval_split == "validation" or tr.dev_samples is not None, "trainer.eval_split",
+             f"{tr.eval_split} needs trainer.dev_samples >= 1 (rows of train held out as the dev split)")
+    if cfg.selection_file is not None:
+        _require(Path(cfg.selection_file).is_file(), "selection_file", f"{cfg.selection_file} does not exist")
 
-    for key in ("batch_size", "eval_batch_size", "epochs", "max_length", "log_every"):
-        _require(_positive_int(tr[key]), f"trainer.{key}", f"must be an integer >= 1, got {tr[key]!r}")
-    for key in ("train_samples", "eval_samples", "max_steps", "checkpoint_every"):
-        _require(tr.get(key) is None or _positive_int(tr.get(key)), f"trainer.{key}",
-                 f"must be null or an integer >= 1, got {tr.get(key)!r}")
-    _require(isinstance(tr.warmup_ratio, (int, float)) and 0 <= tr.warmup_ratio < 1, "trainer.warmup_ratio",
-             f"must be a number in [0, 1), got {tr.warmup_ratio!r}")
-    _require(isinstance(tr.throughput_warmup_steps, int) and tr.throughput_warmup_steps >= 0,
-             "trainer.throughput_warmup_steps", f"must be an integer >= 0, got {tr.throughput_warmup_steps!r}")
-    _require(tr.grad_clip is None or (isinstance(tr.grad_clip, (int, float)) and tr.grad_clip > 0),
-             "trainer.grad_clip", f"must be null or > 0, got {tr.grad_clip!r}")
-    _require(isinstance(tr.weight_decay, (int, float)) and tr.weight_decay >= 0, "trainer.weight_decay",
-             f"must be >= 0, got {tr.weight_decay!r}")
-    _require(tr.device in ("auto", "cpu", "cuda"), "trainer.device", f"must be auto, cpu or cuda, got {tr.device!r}")
-    _require(tr.mixed_precision in ("auto", "no", "bf16", "fp16"), "trainer.mixed_precision",
-             f"must be auto, no, bf16 or fp16, got {tr.mixed_precision!r}")
-    _require(tr.keep_weights in ("adapters", "all", "none"), "trainer.keep_weights",
-             f"must be adapters, all or none, got {tr.keep_weights!r}")
-    _require(cfg.logger.name in ("wandb", "none"), "logger.name", f"must be wandb or none, got {cfg.logger.name!r}")
-    if cfg.logger.name == "wandb":
-        _require(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode",
-                 f"must be offline, online or disabled, got {cfg.logger.mode!r}")
+
+def _check_fit(cfg: DictConfig) -> None:
+    """The cheap fit checks (no torch): the method's model kind. The task shape's own checks (fields,
+    metrics, model kinds) run in _check_method, where the shape modules are imported."""
+    kind = cfg.model.kind
+    _require(cfg.method.name != "hard_prompt" or kind == "decoder", "method",
+             f"hard_prompt needs a decoder model (e.g. model=smollm2-135m or model=tiny-llama); "
+             f"{cfg.model.name} is an {kind}")
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _check_data(cfg: DictConfig) -> None:
+    """The task's local files exist, or its hub dataset may be tried (a hub id and no offline flag)."""
+    t = cfg.task
+    files = data_files(t, cfg.paths.data_dir)
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if (files and not missing) or (t.hub is not None and not offline()):
+        return
+    _require(t.files is not None or t.hub is not None, "task.files / task.hub",
+             f"task {t.name} names neither local files nor a hub dataset")
+    hub = "" if t.hub is None else \
+        f" and the hub dataset {t.hub.path} is not tried offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)"
+    wanted = f"{schema.words(missing)} not found" if missing else "task.files is not set"
+    holding = schema.words(list(t.files.values())) if t.files else "its JSONL files"
+    raise ConfigError(f"paths.data_dir: task {t.name} has no local data ({wanted}){hub}. Set BENCH_DATA_DIR or "
+                      f"paths.data_dir to the folder holding {holding} (now {cfg.paths.data_dir})")
+
+
+# PEFT configs whose r=0 means "derived" (OFT: from oft_block_size); elsewhere r must be >= 1.
+_R_MAY_BE_ZERO = ("OFTConfig",)
+
+
+def _check_method(cfg: DictConfig) -> None:
+    """The method's own check (bench.methods: a PEFT method builds its PEFT config with the task type,
+    so PEFT refuses what it refuses), after the checks that need neither torch nor PEFT."""
+    method, peft_cfg = cfg.method, cfg.method.peft
+    if peft_cfg is not None:
+        _require(isinstance(peft_cfg, DictConfig) and str(peft_cfg.get("_target_", "")).startswith("peft."),
+                 "method.peft._target_", "must name a PEFT config class, e.g. peft.LoraConfig")
+        class_name = str(peft_cfg._target_).rsplit(".", 1)[-1]
+        given = {k: v for k, v in to_container(peft_cfg).items() if k != "_target_"}
+        if "r" in given:
+            least = 0 if class_name in _R_MAY_BE_ZERO else 1
+            _require(_int_at_least(given["r"], least), "method.peft.r",
+                     f"must be an integer >= {least}, got {given['r']!r}")
+        n = given.get("num_virtual_tokens", 1)
+        from_text = n is None and method.init is not None and method.init.mode == "text"  # = the text's tokens
+        _require(from_text or _int_at_least(n, 1), "method.peft.num_virtual_tokens",
+                 f"must be an integer >= 1 (or null with method.init.mode=text), got {n!r}")
+        _check_peft_fields(class_name, given)
+
+    from bench import methods, shapes
+
+    shapes.get(cfg.task.shape).check(cfg.task, cfg.model.kind)
+    methods.get(method).check(cfg.model.kind, cfg.task.shape)
+
+
+# Plain annotations of PEFT config fields whose (non-null) values are checked without importing PEFT.
+# (int takes any number: bench may turn a fraction into steps before PEFT sees it, e.g. AdaLoRA's tinit.)
+_PLAIN_TYPES = {"int": ("a number", schema.is_number), "float": ("a number", schema.is_number),
+                "bool": ("true or false", lambda v: isinstance(v, bool)),
+                "str": ("a string", lambda v: isinstance(v, str))}
+
+
+def _check_peft_fields(class_name: str, given: dict) -> None:
+    """Unknown keys and plainly wrong types, read from PEFT's source: milliseconds, where importing PEFT
+    takes seconds. (Building the config afterwards checks the rest.)"""
+    fields = _peft_fields(class_name)
+    if fields is None:
+        return
+    for key, value in given.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=3)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"method.peft: {class_name}.__init__() got an unexpected keyword argument {key!r}{hint}")
+        plain = _PLAIN_TYPES.get(re.sub(r"^Optional\[(\w+)\]$|^(\w+)\s*\|\s*None$", r"\1\2", fields[key]))
+        _require(value is None or plain is None or plain[1](value), f"method.peft.{key}",
+                 f"must be {plain and plain[0]} ({class_name}.{key}: {fields[key]}), got {value!r}")
+
+
+@lru_cache(maxsize=None)
+def _peft_classes() -> dict[str, Path]:
+    """Where each class of the installed PEFT is defined (found without importing PEFT)."""
+    spec = importlib.util.find_spec("peft")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    where: dict[str, Path] = {}
+    for path in sorted(Path(spec.submodule_search_locations[0]).rglob("*.py")):
+        for name in re.findall(r"^class (\w+)\(", path.read_text(encoding="utf-8", errors="replace"), re.M):
+            where.setdefault(name, path)
+    return where
+
+
+@lru_cache(maxsize=None)
+def _peft_fields(class_name: str) -> dict[str, str] | None:
+    """{field: annotation} of a PEFT config dataclass and its PEFT bases, parsed from the installed source."""
+    path = _peft_classes().get(class_name)
+    if path is None:
+        return None
+    node = next((n for n in ast.parse(path.read_text(encoding="utf-8")).body
+                 if isinstance(n, ast.ClassDef) and n.name == class_name), None)
+    if node is None:
+        return None
+    out: dict[str, str] = {}
+    for base in node.bases:  # bases first: a subclass may redeclare a field
+        out.update(_peft_fields(base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")) or {})
+    out.update({s.target.id: ast.unparse(s.annotation) for s in node.body
+                if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)})
+    return out

@@ -34,7 +34,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
     overrides / command: the Hydra overrides of this job and the command line of the sweep, recorded
     so that a report can say exactly what produced each run.
     """
-    bconfig.validate(cfg)
+    cfg = bconfig.validate(cfg)  # typed: every schema key present, defaults filled in
     out = bconfig.run_dir(cfg)
     previous = record.read_result(out)
     if previous and previous.get("status") == "finished" and not cfg.force:

@@ -55,11 +55,16 @@ class Shape:
     def check(self, spec: DictConfig, model_kind: str) -> None:
         """Raise ConfigError when the task file does not fit this shape or model kind (before any compute)."""
         if model_kind not in self.model_kinds:
-            raise ConfigError(f"task: {spec.name} is a {self.name} task, which {model_kind} models do not support "
-                              f"here; use a {' or '.join(self.model_kinds)} model")
+            raise ConfigError(f"task: {self.unsupported(model_kind)}; {spec.name} is a {self.name} task: use "
+                              f"{' or '.join(f'an {k}' if k[0] in 'aeiou' else f'a {k}' for k in self.model_kinds)} model")
+        if self.name != "generation" and not spec.get("label_field"):
+            raise ConfigError(f"task.label_field: a {self.name} task needs the field holding each row's label")
         bad = [m for m in spec.metrics if m not in self.metrics]
         if bad:
             raise ConfigError(f"task.metrics: {bad} cannot score a {self.name} task; use {sorted(self.metrics)}")
+
+    def unsupported(self, model_kind: str) -> str:
+        return f"{model_kind} models do not support this task shape here"
 
     def required_fields(self, spec: DictConfig) -> list[str]:
         raise NotImplementedError

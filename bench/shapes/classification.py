@@ -221,6 +221,9 @@ class Regression(Classification):
     metrics = frozenset({"pearsonr", "spearmanr"})
     regression = True
 
+    def unsupported(self, model_kind):
+        return "decoder models score words, so they cannot do a regression task"
+
     def check_label(self, label, spec, where):
         if isinstance(label, bool) or not isinstance(label, (int, float)):
             raise DataError(f"{where}: label {label!r} must be a number for a regression task")
