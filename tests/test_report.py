@@ -439,7 +439,7 @@ def test_serving_files_missing_keys_unreadable_and_ignored_folders(tmp_path):
         encoding="utf-8")
     for skipped in ("_hydra", "wandb"):
         shutil.copy(SERVE_FIXTURE, results / "b" / skipped / "serve-prompt.json")
-    (results / "serve-other.json").write_text("{}", encoding="utf-8")  # not a method: not a serve-eval file
+    (results / "serve_notes.json").write_text("{}", encoding="utf-8")  # not serve-<method>.json: not a serve-eval file
     written = build_report(results, tmp_path / "out")
     md = written["markdown"].read_text(encoding="utf-8")
     serving = _serving_md(md)

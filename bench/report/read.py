@@ -17,8 +17,13 @@ from bench.report.model import (RESULT_FILE, Conditions, Predictions, Run, Serve
                                 run_sort_key)
 
 SKIP_DIRS = {"_hydra", "wandb"}  # Hydra's own logs and offline W&B runs hold no results of ours
-SERVE_METHODS = ("prompt", "prefix", "lora")  # as bench.serve.PEFT_METHODS (not imported: it needs torch)
-SERVE_FILES = {f"serve-{m}.json" for m in SERVE_METHODS}
+
+
+def is_serve_file(name: str) -> bool:
+    """serve-<method>.json of any PEFT method (what bench-serve-eval writes)."""
+    return name.startswith("serve-") and name.endswith(".json")
+
+
 # override keys that say which group a run belongs to (or where it is written), not how it differs
 IDENTITY_KEYS = {"task", "model", "method", "seed", "sweep", "force", "logger", "selection_file"}
 IDENTITY_PREFIXES = ("paths.", "logger.", "hydra.")
@@ -79,13 +84,13 @@ def code_of(data: dict) -> tuple[str, bool]:
     return sha.removesuffix("-dirty"), dirty
 
 
-def find_files(results_dir: Path, names) -> list[Path]:
-    """Files with one of `names` below results_dir, sorted by relative path."""
+def find_files(results_dir: Path, wanted) -> list[Path]:
+    """Files whose name `wanted(name)` accepts below results_dir, sorted by relative path."""
     found = []
     for root, dirs, files in os.walk(results_dir):
         # prune in place so os.walk never descends into Hydra logs, W&B runs or hidden folders
         dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
-        found += [Path(root, f) for f in files if f in names]
+        found += [Path(root, f) for f in files if wanted(f)]
     return sorted(found, key=lambda p: p.relative_to(results_dir).as_posix())
 
 
@@ -132,7 +137,7 @@ def read_predictions(run_dir: Path, name: Any) -> tuple[Predictions | None, str]
 
 def load_runs(results_dir: Path) -> tuple[list[Run], list[Unreadable]]:
     runs, unreadable = [], []
-    for path in find_files(results_dir, {RESULT_FILE}):
+    for path in find_files(results_dir, lambda name: name == RESULT_FILE):
         rel = path.relative_to(results_dir).as_posix()
         data, reason = read_json_object(path, "result")
         if data is None:
@@ -155,7 +160,7 @@ def load_runs(results_dir: Path) -> tuple[list[Run], list[Unreadable]]:
 
 def load_serve_files(results_dir: Path) -> list[ServeFile]:
     out = []
-    for path in find_files(results_dir, SERVE_FILES):
+    for path in find_files(results_dir, is_serve_file):
         data, reason = read_json_object(path, "serve-eval")
         out.append(ServeFile(path.relative_to(results_dir).as_posix(), data, reason))
     return out
