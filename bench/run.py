@@ -236,17 +236,9 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
         result["throughput"].update({"generate_tokens_per_s": eval_stats.generate_tokens_per_s,
                                      "generate_samples_per_s": eval_stats.samples_per_s,
                                      "generated_tokens": eval_stats.generated_tokens})
-    peak_train = train_stats.peak_memory.get("peak_bytes")
-    peak_eval = eval_stats.peak_memory.get("peak_bytes")
-    result["memory"] = {
-        "peak_bytes": max(x for x in (peak_train, peak_eval) if x is not None),
-        "train_peak_bytes": peak_train, "eval_peak_bytes": peak_eval,
-        "method": eval_stats.peak_memory.get("method"),
-        "per_process_train_peak_bytes": train_stats.peak_memory.get("per_process_peak_bytes", [peak_train]),
-    }
-    if "peak_reserved_bytes" in eval_stats.peak_memory:
-        result["memory"]["peak_reserved_bytes"] = max(
-            train_stats.peak_memory.get("peak_reserved_bytes", 0), eval_stats.peak_memory["peak_reserved_bytes"])
+    # the run's own memory (above each phase's starting level) and the absolute peak, per phase
+    result["memory"] = measure.memory_section(train_stats.peak_memory if trainable > 0 else None,
+                                              eval_stats.peak_memory)
     result["time"] = {"train_s": train_stats.seconds, "eval_s": sum(ev.seconds for ev in evaluations.values())}
     result["env"] = measure.environment(accelerator.device, bconfig.project_root())
     result["conditions"] = {
