@@ -47,9 +47,14 @@ def _main(cfg: DictConfig) -> float:
         sys.exit(EXIT_PREEMPTED)  # also ends a sweep: the whole job is being stopped
     if single and result.get("status") != "finished":
         sys.exit(1)
-    # the objective for sweepers that optimise (Optuna): the primary metric; NaN marks a failed trial
-    value = (result.get("metrics") or {}).get(result.get("primary_metric"))
-    return float(value) if value is not None else float("nan")
+    # the objective for sweepers that optimise (Optuna): the primary metric on dev when the run was
+    # scored on dev (selection never reads validation); a failed trial is the worst value (Optuna
+    # 2.10 stops a whole study on NaN)
+    split = "dev_metrics" if result.get("eval_split") in ("dev", "both") else "metrics"
+    value = (result.get(split) or {}).get(result.get("primary_metric"))
+    if value is None:
+        return float("-inf") if "max" in str(hydra_cfg.sweeper.get("direction", "maximize")) else float("inf")
+    return float(value)
 
 
 def main() -> None:
