@@ -58,8 +58,10 @@ def _loader(dataset, order, collate) -> DataLoader:
 
 @torch.inference_mode()
 def evaluate(model, shape, spec, pipeline, split_name: str, raw_split, dataset, *, batch_size: int,
-             accelerator) -> Evaluation:
-    """Run the model over one split: per-row predictions, metrics, throughput and peak memory."""
+             accelerator, guard=None) -> Evaluation:
+    """Run the model over one split: per-row predictions, metrics, throughput and peak memory.
+
+    guard: a checkpoint.PreemptionGuard; a preemption signal stops the pass between batches."""
     from bench import tasks
 
     device = accelerator.device
@@ -81,6 +83,8 @@ def evaluate(model, shape, spec, pipeline, split_name: str, raw_split, dataset, 
     generated = 0
     start = time.perf_counter()
     for indices, batch in zip(order, _loader(dataset, order, pipeline.eval_collate)):
+        if guard is not None:
+            guard.check("evaluate")
         meter.before_step()
         preds, new_tokens = run(batch)
         generated += new_tokens

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from bench import batches as batching
 from bench import config as bconfig
 from bench import measure, record
-from bench.checkpoint import Checkpointer, Preempted
+from bench.checkpoint import Checkpointer, Preempted, PreemptionGuard
 from bench.train import Diverged
 
 
@@ -58,25 +58,27 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
         # a record from the start: a run killed outright still shows up (as running) in the report
         record.write_json_atomic(out / record.RESULT_FILE, result)
     started = time.perf_counter()
-    try:
-        logger.start(result["config"])
-        _train_and_measure(cfg, out, result, logger)
-        result["status"] = "finished"
-    except Diverged as err:
-        result.update(status="diverged", error=str(err), diverged_step=err.step)
-    except Preempted as err:  # SIGTERM: checkpoint saved; the same command resumes from it
-        result.update(status="preempted", error=str(err), preempted_step=err.step)
-    except Exception as err:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
-        result.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-    except BaseException:  # Ctrl-C / SystemExit: record it, then stop
-        result.update(status="interrupted", error="interrupted")
-        raise
-    finally:
-        result.setdefault("time", {})["total_s"] = time.perf_counter() - started
-        if main_process:
-            _record(cfg, out, result, logger)
-            if result["status"] == "finished":  # only now are the in-run checkpoints redundant
-                Checkpointer(out / "checkpoints", None).clear()
+    # SIGTERM / submitit's USR2 set a flag for the whole run; the run stops at the next safe point
+    with PreemptionGuard() as guard:
+        try:
+            logger.start(result["config"])
+            _train_and_measure(cfg, out, result, logger, guard)
+            result["status"] = "finished"
+        except Diverged as err:
+            result.update(status="diverged", error=str(err), diverged_step=err.step)
+        except Preempted as err:  # SIGTERM: checkpoint saved; the same command resumes from it
+            result.update(status="preempted", error=str(err), preempted_step=err.step)
+        except Exception as err:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+            result.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        except BaseException:  # Ctrl-C / SystemExit: record it, then stop
+            result.update(status="interrupted", error="interrupted")
+            raise
+        finally:
+            result.setdefault("time", {})["total_s"] = time.perf_counter() - started
+            if main_process:
+                _record(cfg, out, result, logger)
+                if result["status"] == "finished":  # only now are the in-run checkpoints redundant
+                    Checkpointer(out / "checkpoints", None).clear()
     if main_process:
         print(record.summary_line(result))
     return result
@@ -141,7 +143,7 @@ def prepare(cfg: DictConfig, eval_splits: list[str] | None = None) -> Prepared:
     return Prepared(data, shape, pipeline, tokenizer, adapted, train_ds, train_lengths, eval_sets, total_steps, epochs)
 
 
-def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None:
+def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger, guard: PreemptionGuard) -> None:
     from transformers import set_seed
 
     from bench import evaluation, train
@@ -152,6 +154,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
                        "data_subset": tr.data_seed, "demonstrations": cfg.seed}
 
     prep = prepare(cfg)
+    guard.check("load")  # a preemption signal while loading: nothing to keep, the same command starts over
     result["data"] = prep.data.source
     adapted, shape, pipeline = prep.adapted, prep.shape, prep.pipeline
 
@@ -165,18 +168,19 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
     def evaluate(split: str):
         return evaluation.evaluate(adapted.model.to(accelerator.device), shape, t, pipeline, split,
                                    prep.data.splits[split], prep.eval_sets[split],
-                                   batch_size=tr.eval_batch_size, accelerator=accelerator)
+                                   batch_size=tr.eval_batch_size, accelerator=accelerator, guard=guard)
 
     first_split = next(iter(prep.eval_sets))
     if tr.get("eval_before_training") and trainable > 0:  # e.g. a soft prompt initialised from a hard prompt
         result["metrics_before_training"] = evaluate(first_split).metrics
 
     train_stats = train.PhaseStats()
+    checkpointer = None
     if trainable > 0:
         order = batching.train_batches(prep.train_lengths, tr.batch_size, cfg.seed, tr.group_by_length, prep.epochs)
         order = order[:prep.total_steps]
         real, processed = batching.padding_stats(prep.train_lengths, order)
-        with Checkpointer(out / "checkpoints", tr.get("checkpoint_every")) as checkpointer:
+        with Checkpointer(out / "checkpoints", tr.get("checkpoint_every"), guard=guard) as checkpointer:
             train_stats = train.train(adapted.model, prep.train_ds, order, prep.train_lengths, pipeline.train_collate,
                                       lr=cfg.method.lr, trainer_cfg=tr, accelerator=accelerator, on_log=logger.log,
                                       checkpointer=checkpointer, loss_fn=pipeline.loss,
@@ -190,7 +194,12 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
         result["throughput"] = {"real_token_fraction": real / processed}
         adapted.model = accelerator.unwrap_model(adapted.model)
 
-    evaluations = {split: evaluate(split) for split in prep.eval_sets}
+    try:
+        guard.check("evaluate", step=train_stats.steps)
+        evaluations = {split: evaluate(split) for split in prep.eval_sets}
+    except Preempted as err:  # keep the trained weights: the same command resumes straight to evaluation
+        saved = checkpointer.save_final(adapted.model) if checkpointer is not None else None
+        raise Preempted(train_stats.steps, saved, phase="evaluate", signal_name=err.signal_name) from None
     result["predictions"] = {}
     for split, ev in evaluations.items():
         result["metrics" if split == "validation" else f"{split}_metrics"] = ev.metrics
@@ -248,20 +257,15 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger) -> None
         "precision": accelerator.mixed_precision,
     }
 
-    # MFU: FLOPs count every processed position, virtual prompt positions included
-    device, name = accelerator.device, result["env"]["device_name"]
-    train_fpt, eval_fpt = measure.train_flops_per_token(adapted.model), measure.eval_flops_per_token(adapted.model)
-    virtual = adapted.virtual_positions
-
-    def processed(tokens, samples):
-        return None if tokens is None else tokens + virtual * (samples or 0)
-
-    # tokens/s is the rate of all processes together; each device does 1/N of it
-    train_mfu = measure.mfu(train_fpt, processed(train_stats.tokens_per_s, train_stats.samples_per_s), device, name)
-    result["throughput"].update({
-        "train_flops_per_token": train_fpt if trainable > 0 else None, "eval_flops_per_token": eval_fpt,
-        "mfu": train_mfu if train_mfu is None else train_mfu / accelerator.num_processes,
-        "eval_mfu": measure.mfu(eval_fpt, processed(eval_stats.tokens_per_s, eval_stats.samples_per_s), device, name),
-        "mfu_formula": "train: sum over linear layers of 4N (+2N if trained); eval: 2N; per processed token "
-                       "(virtual prompt positions included); attention scores not counted; peak = dense bf16",
-    })
+    # MFU: linear-layer FLOPs from the model's structure; positions = real tokens + virtual positions
+    precision = measure.matmul_precision(accelerator.mixed_precision, accelerator.device)
+    result["conditions"]["precision"] = precision
+    profile = measure.flop_profile(adapted.model)
+    per_batch = lambda samples, steps: samples / steps if steps else None  # noqa: E731
+    result["throughput"].update(measure.mfu_section(
+        profile, device=accelerator.device, device_name=result["env"]["device_name"], precision=precision,
+        virtual_positions=adapted.virtual_positions,
+        train_rates=(train_stats.tokens_per_s, train_stats.samples_per_s,
+                     per_batch(train_stats.samples, train_stats.steps)) if trainable > 0 else None,
+        eval_rates=(eval_stats.tokens_per_s, eval_stats.samples_per_s, tr.eval_batch_size),
+        processes=accelerator.num_processes))
