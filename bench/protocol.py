@@ -293,9 +293,11 @@ class Bench:
         self._lock = threading.Lock()
         self._print_lock = threading.Lock()
         self.children: set[subprocess.Popen] = set()  # running multiruns (SIGTERM is passed on to them)
+        self.stopping = threading.Event()  # set by a forwarded signal: launch nothing more
 
     def forward(self, signum: int) -> None:
         """Pass a signal to the running multiruns: a SIGTERM'd run checkpoints and exits 75, and so does the protocol."""
+        self.stopping.set()
         for child in list(self.children):
             if child.poll() is None:
                 child.send_signal(signum)
@@ -330,6 +332,8 @@ class Bench:
         self.say(("would launch: " if self.dry_run else "launch: ") + shlex.join(["bench", "-m", *overrides]))
         if self.dry_run:
             return
+        if self.stopping.is_set():  # side-by-side cells must not start new stages after a preemption
+            raise Preempted("the protocol was signalled to stop; the same command resumes")
         child = subprocess.Popen(cmd)
         with self._print_lock:
             self.children.add(child)

@@ -281,3 +281,14 @@ def test_the_optuna_presets_score_trials_on_dev(tmp_path):
     # the objective Optuna maximised is the dev metric
     best = OmegaConf.load(next(tmp_path.glob("_hydra/**/optimization_results.yaml")))
     assert best.best_value == max(run["dev_metrics"]["accuracy"] for run in runs)
+
+
+def test_after_a_forwarded_signal_no_new_stage_is_launched(monkeypatch):
+    """Side-by-side cells (max_parallel > 1): once SIGTERM was passed on, the next stage is not started."""
+    launched = []
+    monkeypatch.setattr(protocol.subprocess, "Popen", lambda cmd: launched.append(cmd))
+    bench = protocol.Bench()
+    bench.forward(15)
+    with pytest.raises(protocol.Preempted):
+        bench.multirun(["task=rte"])
+    assert launched == []
