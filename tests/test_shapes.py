@@ -203,3 +203,17 @@ def test_an_unsupported_shape_and_model_kind_is_a_config_error(compose, task, mo
     cfg = compose(f"task={task}", f"model={model}")
     with pytest.raises(ConfigError, match="task"):
         shapes.get(cfg.task.shape).check(cfg.task, cfg.model.kind)
+
+
+def test_hard_prompt_shows_solved_multiple_choice_examples(compose):
+    cfg = compose("task=copa", "model=tiny-llama", "method=hard_prompt", "method.shots=2")
+    result = execute(cfg)
+    assert result["status"] == "finished", result.get("error")
+    text = (config.run_dir(cfg) / "prompt" / "prompt.txt").read_text(encoding="utf-8")
+    data = tasks.load_task(cfg.task, cfg.paths.data_dir, cfg.trainer)
+    demos = tasks.demonstrations(cfg.task, data.train, 2, seed=cfg.seed)
+    assert text.startswith(cfg.task.prompt.instruction + "\n\n")
+    for row in demos:  # each demonstration ends with its right choice
+        right = row["choice1"] if row["label"] == 0 else row["choice2"]
+        assert f"Premise: {row['premise']}\nWhat was the {row['question']}? Answer: {right}\n\n" in text
+    assert result["params"]["trainable"] == 0 and {"accuracy_sum", "accuracy_mean"} <= set(result["metrics"])
