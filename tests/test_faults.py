@@ -80,6 +80,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_result(tmp_path, uninterrupt
     assert "resuming from" in resumed["log"]
     assert resumed["result"]["resumed_from_step"] > 0
     _assert_same_training(resumed, uninterrupted)
+    _assert_whole_run_figures(resumed, uninterrupted)
     assert not (folder / "checkpoints").exists()  # cleared once the run finished
 
 
@@ -95,6 +96,87 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_a_distinct_status(tmp_path, u
     resumed = _finish(tmp_path)
     assert resumed["result"]["resumed_from_step"] == stopped["preempted_step"]
     _assert_same_training(resumed, uninterrupted)
+    _assert_whole_run_figures(resumed, uninterrupted)
+
+
+def _assert_whole_run_figures(resumed: dict, clean: dict) -> None:
+    """A resumed run reports the whole run: counts and loss curve as if it had never stopped."""
+    for key in ("train_steps", "train_samples", "train_tokens"):
+        assert resumed["result"]["throughput"][key] == clean["result"]["throughput"][key], key
+    assert resumed["result"]["train_loss_curve"] == clean["result"]["train_loss_curve"]
+    assert resumed["result"]["throughput"]["train_tokens_per_s"] is not None
+
+
+def test_usr2_from_submitit_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, uninterrupted):
+    """Slurm (through submitit's --signal) warns of preemption with USR2: same handling as SIGTERM."""
+    proc = _start(tmp_path)
+    _wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGUSR2)
+    assert proc.wait(timeout=60) == 75
+    (folder,) = _run_dirs(tmp_path)
+    stopped = record.read_result(folder)
+    assert stopped["status"] == "preempted" and "SIGUSR2" in stopped["error"]
+    resumed = _finish(tmp_path)
+    assert resumed["result"]["resumed_from_step"] == stopped["preempted_step"] > 0
+    _assert_same_training(resumed, uninterrupted)
+    _assert_whole_run_figures(resumed, uninterrupted)
+
+
+def _wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 300) -> None:
+    """Read the run's output until `text` appears (the run is then provably at that point)."""
+    deadline = time.time() + timeout
+    seen = []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"run ended before {text!r}: {''.join(seen)[-3000:]}")
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} did not appear")
+
+
+# BENCH_TEST_PAUSE_AT=<phase> makes PreemptionGuard.check(<phase>) print "bench: test pause at <phase>"
+# and wait there for a signal (bench/checkpoint.py): the signal then provably arrives in that phase.
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_signal_while_loading_records_preempted_and_the_same_command_runs(tmp_path, signum):
+    proc = subprocess.Popen([*BENCH, f"paths.results_dir={tmp_path}", *LONG, "trainer.train_samples=64"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "BENCH_TEST_PAUSE_AT": "load"})
+    try:
+        _wait_for_line(proc, "bench: test pause at load")
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 75
+    finally:
+        proc.kill()
+    (folder,) = _run_dirs(tmp_path)
+    stopped = record.read_result(folder)
+    assert stopped["status"] == "preempted" and signal.Signals(signum).name in stopped["error"]
+    assert stopped["preempted_step"] == 0 and not (folder / "checkpoints").exists()
+    again = _finish(tmp_path, "trainer.train_samples=64")
+    assert again["result"]["status"] == "finished"
+
+
+def test_sigterm_while_evaluating_keeps_the_training_and_resumes_to_evaluation(tmp_path, uninterrupted):
+    proc = subprocess.Popen([*BENCH, f"paths.results_dir={tmp_path}", *LONG], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "BENCH_TEST_PAUSE_AT": "evaluate"})
+    try:
+        _wait_for_line(proc, "bench: test pause at evaluate")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 75
+    finally:
+        proc.kill()
+    (folder,) = _run_dirs(tmp_path)
+    stopped = record.read_result(folder)
+    total = uninterrupted["result"]["throughput"]["train_steps"]
+    assert stopped["status"] == "preempted" and stopped["preempted_step"] == total
+    assert (folder / "checkpoints" / f"step-{total:08d}").is_dir()  # the trained weights, kept
+    resumed = _finish(tmp_path)
+    assert resumed["result"]["resumed_from_step"] == total  # nothing retrained
+    _assert_same_training(resumed, uninterrupted)
+    _assert_whole_run_figures(resumed, uninterrupted)
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):
@@ -129,16 +211,24 @@ def test_nan_loss_is_recorded_as_diverged_with_the_step(compose):
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """Missing files are a config error (nothing recorded); bad data fails that run only."""
+    rows = (Path(config.default_data_dir()) / "sst2" / "validation.jsonl").read_text(encoding="utf-8").splitlines()
+    data = tmp_path / "data"
+    (data / "sst2").mkdir(parents=True)
+    (data / "sst2" / "train.jsonl").write_text("\n".join(rows[:200]) + "\n", encoding="utf-8")
+    (data / "sst2" / "validation.jsonl").write_text("\n".join(rows[200:300]) + "\n", encoding="utf-8")
+    (data / "sst2" / "bad.jsonl").write_text("\n".join(rows[:50]) + '\n{"sentence": "x", "label": 7}\n', encoding="utf-8")
     results = tmp_path / "r"
-    out = subprocess.run([*BENCH, "-m", f"paths.results_dir={results}", "model=tiny-bert", "trainer=smoke",
-                          "logger=none", "method=lora", "task.files.train=missing.jsonl,sst2/train.jsonl",
-                          "task.hub.path=no/such-dataset"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([*BENCH, "-m", f"paths.results_dir={results}", f"paths.data_dir={data}", "model=tiny-bert",
+                          "trainer=smoke", "logger=none", "method=lora",
+                          "task.files.train=sst2/bad.jsonl,sst2/missing.jsonl,sst2/train.jsonl"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
-    statuses = sorted(record.read_result(p)["status"] for p in results.glob("default/*"))
-    assert statuses == ["failed", "finished"]
-    failed = next(record.read_result(p) for p in results.glob("default/*")
-                  if record.read_result(p)["status"] == "failed")
-    assert "BENCH_DATA_DIR" in failed["error"]
+    assert "config error: paths.data_dir: task sst2 has no local data" in out.stderr
+    assert f"{data}/sst2/missing.jsonl not found" in out.stderr
+    runs = {record.read_result(p)["status"]: record.read_result(p) for p in results.glob("default/*")}
+    assert sorted(runs) == ["failed", "finished"]
+    assert "bad.jsonl:51" in runs["failed"]["error"] and "label 7" in runs["failed"]["error"]
 
 
 def test_disk_error_while_saving_names_the_path_and_keeps_earlier_results(compose, monkeypatch):
