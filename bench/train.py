@@ -1,4 +1,4 @@
-"""The training loop and the evaluation pass: plain PyTorch on `accelerate`, measured as it runs."""
+"""The training loop: plain PyTorch on `accelerate`, measured as it runs (evaluation: bench/evaluation.py)."""
 from __future__ import annotations
 
 import math
@@ -223,69 +223,3 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
         stats.peak_memory["per_process_peak_bytes"] = [int(x[0]) for x in gathered]
         stats.peak_memory["per_process_added_bytes"] = [int(x[1]) for x in gathered]
     return stats
-
-
-def _last_position_logits(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    # prompt tuning prepends virtual tokens to the outputs: keep the last seq_len positions
-    logits = logits[:, -attention_mask.shape[1]:]
-    last = attention_mask.sum(dim=1) - 1
-    return logits[torch.arange(logits.shape[0], device=logits.device), last]
-
-
-def choice_scores(model, batch: dict, label_ids: list[list[int]]) -> torch.Tensor:
-    """Log-probability of each label's verbalizer continuation after each prompt: (batch, labels)."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    if all(len(x) == 1 for x in label_ids):  # one forward pass reads every single-token label
-        logits = _last_position_logits(model(input_ids=ids, attention_mask=mask).logits, mask)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        return logprobs[:, [x[0] for x in label_ids]]
-    scores = []
-    lengths = mask.sum(dim=1)
-    for answer in label_ids:  # multi-token labels: one pass per label, summing the continuation
-        k = len(answer)
-        rows = [torch.cat([ids[i, :lengths[i]], ids.new_tensor(answer)]) for i in range(ids.shape[0])]
-        width = max(len(r) for r in rows)
-        seq = ids.new_zeros((len(rows), width))  # padding is masked out
-        att = torch.zeros_like(seq)
-        for i, r in enumerate(rows):
-            seq[i, :len(r)], att[i, :len(r)] = r, 1
-        logits = model(input_ids=seq, attention_mask=att).logits[:, -width:].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        total = torch.zeros(len(rows), device=logits.device)
-        for i in range(len(rows)):
-            start = int(lengths[i])
-            for j in range(k):  # token at start+j is predicted at position start+j-1
-                total[i] += logprobs[i, start + j - 1, answer[j]]
-        scores.append(total)
-    return torch.stack(scores, dim=1)
-
-
-@torch.inference_mode()
-def predict(model, dataset, batches: list[list[int]], lengths: list[int], collate, *, accelerator,
-            kind: str, regression: bool, label_ids: list[list[int]] | None, warmup_batches: int = 1):
-    """Predictions and references over the evaluation split, with eval throughput."""
-    device = accelerator.device
-    model.eval()
-    memory = PeakMemory(device)
-    memory.reset()
-    meter = Throughput(device, min(warmup_batches, max(len(batches) - 1, 0)))
-    predictions, references = [], []
-    start = time.perf_counter()
-    for b, batch in enumerate(_loader(dataset, batches, collate)):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        meter.before_step()
-        with accelerator.autocast():
-            if kind == "decoder":
-                pred = choice_scores(model, batch, label_ids).argmax(dim=-1)
-            else:
-                logits = model(**batch).logits
-                pred = logits.squeeze(-1).float() if regression else logits.argmax(dim=-1)
-        predictions += pred.tolist()
-        references += labels.tolist()
-        meter.after_step(len(batches[b]), sum(lengths[i] for i in batches[b]))
-    meter.stop()
-    tokens_per_s, samples_per_s = meter.rates()
-    stats = PhaseStats(time.perf_counter() - start, tokens_per_s, samples_per_s, meter.steps, meter.samples,
-                       meter.tokens, memory.read())
-    return predictions, references, stats

@@ -151,3 +151,13 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     picked = logprobs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     mask = target_mask[:, 1:].to(picked.dtype)
     return (picked * mask).sum(dim=1), mask.sum(dim=1)
+
+
+def map_rows(encode):
+    """split -> tokenised split (cached by `datasets` under a fingerprint of `encode`)."""
+    def tokenize(split):
+        import datasets
+
+        datasets.disable_progress_bars()  # a few thousand rows: a bar per split is noise
+        return split.map(encode, batched=True, remove_columns=split.column_names)
+    return tokenize

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from bench.config import ConfigError
-from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, fill, majority, pad,
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, fill, majority, map_rows, pad,
                                token_ids)
 
 
@@ -179,7 +179,7 @@ class Classification(Shape):
             return pred.tolist(), 0
 
         collate = EncoderCollator(tokenizer, regression)
-        return Pipeline(tokenize=_mapper(encode), train_collate=collate, eval_collate=collate,
+        return Pipeline(tokenize=map_rows(encode), train_collate=collate, eval_collate=collate,
                         loss=_model_loss, predict=predict)
 
     def _decoder_pipeline(self, spec, tokenizer, max_length, prompt_prefix):
@@ -199,7 +199,7 @@ class Classification(Shape):
         def train_lengths(ds):  # the training sequence is prompt + the label's verbalizer tokens
             return [n + len(label_ids[y]) for n, y in zip(ds["length"], ds["labels"])]
 
-        return Pipeline(tokenize=_mapper(encode), train_collate=DecoderTrainCollator(tokenizer, label_ids),
+        return Pipeline(tokenize=map_rows(encode), train_collate=DecoderTrainCollator(tokenizer, label_ids),
                         eval_collate=DecoderEvalCollator(tokenizer), loss=_model_loss, predict=predict,
                         train_lengths=train_lengths)
 
@@ -234,13 +234,3 @@ class Regression(Classification):
     def baseline(self, spec, train_split):
         values = [float(x) for x in train_split[spec.label_field]]
         return sum(values) / len(values)  # the constant that minimises squared error on train
-
-
-def _mapper(encode):
-    """split -> tokenised split (cached by `datasets` under a fingerprint of `encode`)."""
-    def tokenize(split):
-        import datasets
-
-        datasets.disable_progress_bars()  # a few thousand rows: a bar per split is noise
-        return split.map(encode, batched=True, remove_columns=split.column_names)
-    return tokenize

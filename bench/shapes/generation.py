@@ -15,8 +15,7 @@ import torch
 
 from bench.config import ConfigError
 from bench.metrics.extract import extract_last_number
-from bench.shapes.base import DataError, ModelHead, Pipeline, Shape, fill, pad, token_ids
-from bench.shapes.classification import _mapper
+from bench.shapes.base import DataError, ModelHead, Pipeline, Shape, fill, map_rows, pad, token_ids
 
 def last_number(text: str) -> str:
     """GSM8K's answer extraction: the last number in the text, thousands commas removed ('' if none)."""
@@ -101,7 +100,7 @@ class Generation(Shape):
                 texts.append(tokenizer.decode(row, skip_special_tokens=True))
             return texts, generated
 
-        return Pipeline(tokenize=_mapper(encode), train_collate=_TrainCollator(tokenizer, max_length),
+        return Pipeline(tokenize=map_rows(encode), train_collate=_TrainCollator(tokenizer, max_length),
                         eval_collate=_EvalCollator(tokenizer), loss=lambda model, batch: model(**batch).loss,
                         predict=predict, train_lengths=train_lengths, generates=True)
 

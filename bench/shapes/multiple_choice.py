@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import ConfigError
-from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, fill, majority, pad,
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, fill, map_rows, majority, pad,
                                sequence_logprobs, token_ids)
-from bench.shapes.classification import _mapper
 
 
 def context_text(spec, row: dict) -> str:
@@ -107,7 +106,7 @@ class MultipleChoice(Shape):
                 return out
 
             collate = _EncoderChoiceCollator(tokenizer)
-            return Pipeline(tokenize=_mapper(encode), train_collate=collate, eval_collate=collate,
+            return Pipeline(tokenize=map_rows(encode), train_collate=collate, eval_collate=collate,
                             loss=_encoder_loss, predict=_encoder_predict)
 
         template = spec.prompt.template if spec.get("prompt") and spec.prompt.get("template") else None
@@ -129,7 +128,7 @@ class MultipleChoice(Shape):
         def train_lengths(ds):
             return [len(p) + len(c[y]) for p, c, y in zip(ds["input_ids"], ds["choice_ids"], ds["labels"])]
 
-        return Pipeline(tokenize=_mapper(encode), train_collate=_DecoderChoiceTrainCollator(tokenizer),
+        return Pipeline(tokenize=map_rows(encode), train_collate=_DecoderChoiceTrainCollator(tokenizer),
                         eval_collate=_DecoderChoiceEvalCollator(tokenizer), loss=lambda model, batch: model(**batch).loss,
                         predict=_decoder_predict, train_lengths=train_lengths)
 
