@@ -1,4 +1,5 @@
 """The core run on a tiny random model: every method trains, is counted and stored correctly."""
+import gzip
 import json
 
 import pytest
@@ -92,7 +93,9 @@ def test_result_json_has_every_key_and_is_written_atomically(compose):
     assert set(on_disk["time"]) >= {"train_s", "eval_s", "total_s"}
     assert {"python", "torch", "transformers", "peft", "git_sha", "device_name", "cpu_count"} <= set(on_disk["env"])
     assert on_disk["config"]["method"]["peft"]["_target_"] == "peft.PrefixTuningConfig"
-    assert 0 <= on_disk["metrics"]["accuracy"] <= 1
+    saved = json.loads(gzip.decompress((folder / on_disk["predictions"]["validation"]).read_bytes()))
+    hits = [p == r for p, r in zip(saved["predictions"], saved["references"])]
+    assert on_disk["metrics"]["accuracy"] == pytest.approx(sum(hits) / len(hits))  # what the saved predictions give
     assert on_disk["metrics"] == result["metrics"]
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
