@@ -12,6 +12,7 @@ Every figure here says what it counts:
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -108,6 +109,25 @@ def _proc_status(*keys: str) -> dict[str, int] | None:
         return None
 
 
+def release_earlier_jobs() -> None:
+    """Free what earlier jobs in this process left unreachable before a run starts measuring.
+
+    A model wrapped by PEFT / accelerate sits in reference cycles, so it outlives its run until the cycle
+    collector happens to run: measured on an H200 in one Hydra multirun, each full / LoRA run's absolute
+    peak grew by one MiniLM (~87 MiB) over the run before it. Collect now, and give the cached CUDA blocks
+    back, so that a run's absolute peak holds this run and the process baseline only."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _file_backed() -> int | None:
+    """Resident pages of mapped files and shared memory (RssFile + RssShmem, Linux >= 4.5), None where
+    they cannot be read."""
+    status = _proc_status("RssFile", "RssShmem")
+    return None if status is None else status["RssFile"] + status["RssShmem"]
+
+
 def _release_free_heap() -> None:
     """glibc keeps freed small/medium blocks mapped (they still count in RSS) and hands them out again:
     a phase that reuses them would show no growth. malloc_trim(0) returns them to the OS first, so the
@@ -133,15 +153,25 @@ class PeakMemory:
     CUDA: max_memory_allocated (and reserved) since reset(), minus memory_allocated (reserved) at reset.
     CPU (Linux): reset() returns freed heap memory to the OS (glibc malloc_trim), then writes 5 to
     /proc/self/clear_refs, which sets VmHWM (the RSS high-water mark) to the current RSS; read() gives
-    VmHWM and VmHWM minus VmRSS at reset. The absolute peak includes the
+    VmHWM and, as the added figure, the anonymous memory the phase added: VmHWM minus VmRSS at reset,
+    less the file-backed and shared pages (RssFile + RssShmem) that came in during the phase. Those are
+    pages of mapped files read for the first time (the base model's weights, which transformers maps
+    from the safetensors file and the first forward faults in: ~80 MiB for MiniLM; library code), which
+    the kernel can drop and re-read, not memory the method allocated. Weights a method writes (full
+    fine-tuning) are copied on write into anonymous pages and stay counted. The kernel keeps no
+    high-water mark of anonymous pages alone; the file pages are subtracted as of the read (those
+    faulted in after the peak make the figure at most that much low). The absolute peak includes the
     process's baseline (interpreter, libraries) and whatever earlier jobs in the same process left
     resident; the added figure is this phase's own. Where VmHWM cannot be reset (not Linux), the peak is
-    the process's since its start and the added figure is None.
+    the process's since its start and the added figure is None. glibc keeps freed tensor buffers in its
+    heap (its mmap threshold rises after the first large free), so on the CPU the peak also holds
+    allocator slack: a few hundred MiB for a MiniLM batch of 32 (scripts/memory_breakdown.py).
     """
 
     def __init__(self, device: torch.device):
         self.device = device
         self._start = self._start_reserved = 0
+        self._start_file: int | None = None
         self._reset_ok = False
 
     def reset(self) -> None:
@@ -161,6 +191,7 @@ class PeakMemory:
         status = _proc_status("VmRSS")
         self._start = status["VmRSS"] if status else 0
         self._reset_ok = self._reset_ok and status is not None
+        self._start_file = _file_backed()
 
     def read(self) -> dict:
         if self.device.type == "cuda":
@@ -175,9 +206,18 @@ class PeakMemory:
         if status is not None:
             peak = status["VmHWM"]
             if self._reset_ok:
-                return {"peak_bytes": peak, "added_bytes": max(peak - self._start, 0),
+                added_rss = max(peak - self._start, 0)
+                now_file = _file_backed()
+                if self._start_file is None or now_file is None:  # kernel < 4.5: no RssFile / RssShmem
+                    return {"peak_bytes": peak, "added_bytes": added_rss, "added_rss_bytes": added_rss,
+                            "method": "process peak RSS (VmHWM, reset per phase through /proc/self/clear_refs); "
+                                      "added = VmHWM - VmRSS at the phase start"}
+                file_added = max(now_file - self._start_file, 0)
+                return {"peak_bytes": peak, "added_bytes": max(added_rss - file_added, 0),
+                        "added_rss_bytes": added_rss, "file_added_bytes": file_added,
                         "method": "process peak RSS (VmHWM, reset per phase through /proc/self/clear_refs); "
-                                  "added = VmHWM - VmRSS at the phase start"}
+                                  "added = VmHWM - VmRSS at the phase start - the file-backed and shared pages "
+                                  "(RssFile + RssShmem) that came in during the phase: anonymous memory"}
             return {"peak_bytes": peak, "added_bytes": None, "method": "process peak RSS (VmHWM since process start)"}
         scale = 1 if sys.platform == "darwin" else 1024
         return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "added_bytes": None,
@@ -190,7 +230,8 @@ def combine_readings(*readings: dict | None) -> dict:
     if not readings:
         return {}
     out = dict(readings[-1])
-    for key in ("peak_bytes", "added_bytes", "peak_reserved_bytes", "added_reserved_bytes"):
+    for key in ("peak_bytes", "added_bytes", "added_rss_bytes", "file_added_bytes", "peak_reserved_bytes",
+                "added_reserved_bytes"):
         values = [r.get(key) for r in readings if key in r]
         if values:
             out[key] = None if any(v is None for v in values) else max(values)
@@ -220,6 +261,9 @@ def memory_section(train: dict | None, eval: dict) -> dict:
         reading = phases.get(name) or {}
         section[f"{name}_peak_bytes"] = reading.get("peak_bytes")
         section[f"{name}_added_bytes"] = reading.get("added_bytes")
+        for key in ("added_rss_bytes", "file_added_bytes"):  # CPU: what the added figure was made from
+            if key in reading:
+                section[f"{name}_{key}"] = reading[key]
     if cuda:
         section["peak_reserved_bytes"] = _max(r.get("peak_reserved_bytes") for r in phases.values())
         section["added_reserved_bytes"] = _max(r.get("added_reserved_bytes") for r in phases.values())

@@ -273,7 +273,16 @@ def select(trials: list[dict]) -> dict | None:
     return min(scored, key=lambda t: (-round(t["dev_score"], 12), lr_of(t), t["index"]))
 
 
-def _score(result: dict | None, split_key: str, metric: str) -> float | None:
+def _read_result(folder: Path) -> record.Result | None:
+    """A run's result.json checked by the schema (None: not written yet); a file it refuses (a newer schema
+    version, a key of the wrong type) stops the cell with the file and the key."""
+    try:
+        return record.read_result(folder)
+    except record.ResultError as err:
+        raise ProtocolError(str(err)) from None
+
+
+def _score(result: record.Result | None, split_key: str, metric: str) -> float | None:
     if not result or result.get("status") != "finished":
         return None
     value = (result.get(split_key) or {}).get(metric)
@@ -481,14 +490,14 @@ class Protocol:
                 f"sweep={self.sweep}/search", f"trainer.eval_split={TRIAL_SPLIT}"]
 
     def _trial_record(self, cell: Cell, index: int, values: dict, overrides: list[str], folder: Path) -> dict:
-        result = record.read_result(folder)
+        result = _read_result(folder)
         return {"index": index, "values": values, "overrides": overrides, "run": self._rel(folder),
                 "identity": (result or {}).get("identity"),
                 "status": (result or {}).get("status", "missing"),
                 "dev_score": _score(result, "dev_metrics", cell.primary_metric)}
 
     def _finished(self, cell: Cell, folder: Path) -> bool:
-        result = record.read_result(folder)
+        result = _read_result(folder)
         return bool(result) and result.get("status") == "finished" and not cell.force
 
     def search_grid(self, cell: Cell) -> list[dict]:
@@ -580,7 +589,7 @@ class Protocol:
             self.bench.multirun([*final_base, "seed=" + ",".join(str(x) for x in missing)])
         finals = []
         for seed, folder in folders.items():
-            result = record.read_result(folder)
+            result = _read_result(folder)
             finals.append({"seed": seed, "run": self._rel(folder), "identity": (result or {}).get("identity"),
                            "status": (result or {}).get("status", "missing"),
                            "metrics": (result or {}).get("metrics"), "dev_metrics": (result or {}).get("dev_metrics")})

@@ -1,7 +1,7 @@
-"""Result schema, atomic result files, the one-line summary, and W&B logging.
+"""Atomic result files, reading result.json through the schema, the one-line summary, and W&B logging.
 
-result.json is the source of truth; W&B mirrors it (summary keys = result.json's flattened keys),
-and a W&B failure never costs the local result.
+result.json is the source of truth (its schema: bench.result_schema); W&B mirrors it (summary keys = the
+scalar keys of the schema's MIRRORED sections, flattened), and a W&B failure never costs the local result.
 """
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import result_schema as schema
+from bench.result_schema import (  # RESULT_FILE, SCHEMA_VERSION: re-exported for bench.run and the tests
+    RESULT_FILE, SCHEMA_VERSION, Result, ResultError, check_result)
 from bench.units import human_bytes
 
-RESULT_FILE = "result.json"
-SCHEMA_VERSION = 2
-# the measurement sections whose leaves become W&B summary keys "<section>/<key>"
-SUMMARY_SECTIONS = ("metrics", "dev_metrics", "params", "storage", "throughput", "memory", "time")
+# the measurement sections whose scalar leaves become W&B summary keys "<section>/<key>" (schema: MIRRORED)
+SUMMARY_SECTIONS = schema.marked(schema.MIRRORED)
 _SECRET = re.compile(r"(^|[_-])(api[_-]?key|key|token|secret|password)$", re.IGNORECASE)
 
 
@@ -46,13 +47,30 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def read_result(folder: Path) -> dict | None:
+def read_result(folder: Path) -> Result | None:
+    """A run folder's result.json, checked (bench.result_schema.check_result): None when there is none or it
+    is not JSON; ResultError ("<path>: <key>: <problem>") when the schema refuses it."""
     path = Path(folder) / RESULT_FILE
     try:
         with open(path) as fh:
-            return json.load(fh)
+            data = json.load(fh)
     except (OSError, json.JSONDecodeError):
         return None
+    return check_result(data, path)
+
+
+def write_result(folder: Path, result: Result) -> None:
+    """Write a run's result.json, checked against everything this version writes for its status.
+
+    The file is written even when the check fails (the measurements are never lost), then ResultError is
+    raised: a writer bug fails the run's tests instead of reaching a reader."""
+    path = Path(folder) / RESULT_FILE
+    try:
+        check_result(result, path, complete=True)
+    except ResultError:
+        write_json_atomic(path, result)
+        raise
+    write_json_atomic(path, result)
 
 
 def redact(data: Any) -> Any:
@@ -65,12 +83,15 @@ def redact(data: Any) -> Any:
     return data
 
 
-def flatten(result: dict) -> dict:
-    """{"metrics": {"accuracy": 0.9}} -> {"metrics/accuracy": 0.9}; scalars only."""
+def flatten(result: Result) -> dict:
+    """{"metrics": {"accuracy": 0.9}} -> {"metrics/accuracy": 0.9}: the keys the schema declares scalar in each
+    MIRRORED section (every key of a name -> value section such as metrics), and the status."""
     flat = {}
     for section in SUMMARY_SECTIONS:
-        for key, value in (result.get(section) or {}).items():
-            if isinstance(value, (int, float, str, bool)) or value is None:
+        block = result.get(section) or {}
+        leaves = schema.mirrored_leaves(section)
+        for key, value in block.items():
+            if leaves is None or key in leaves:
                 flat[f"{section}/{key}"] = value
     flat["status"] = result.get("status")
     return flat

@@ -43,7 +43,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
         return previous
 
     resolved = bconfig.to_container(cfg)
-    result = {
+    result: record.Result = {  # bench.result_schema.Result: record.write_result checks every write against it
         "schema_version": record.SCHEMA_VERSION, "status": "running", "run": out.name, "identity": bconfig.identity(cfg),
         "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed,
         "shape": cfg.task.shape, "eval_split": cfg.trainer.get("eval_split", "validation"),
@@ -56,7 +56,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
     logger = _logger(cfg, out, result["overrides"]) if main_process else record.NullLogger()
     if main_process:  # an online logger without a key failed above, before any compute
         # a record from the start: a run killed outright still shows up (as running) in the report
-        record.write_json_atomic(out / record.RESULT_FILE, result)
+        record.write_result(out, result)
     started = time.perf_counter()
     # SIGTERM / submitit's USR2 set a flag for the whole run; the run stops at the next safe point
     with PreemptionGuard() as guard:
@@ -84,9 +84,10 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
     return result
 
 
-def _record(cfg: DictConfig, out: Path, result: dict, logger) -> None:
-    """result.json first (the source of truth), then the W&B mirror, which may fail harmlessly."""
-    record.write_json_atomic(out / record.RESULT_FILE, result)
+def _record(cfg: DictConfig, out: Path, result: record.Result, logger) -> None:
+    """result.json first (the source of truth, checked against the schema), then the W&B mirror, which may fail
+    harmlessly."""
+    record.write_result(out, result)
     logger.summary(record.flatten(result))
     if result.get("storage", {}).get("kept") and result["status"] == "finished":
         kept = out / ("adapter" if (out / "adapter").is_dir() else "model")
@@ -113,7 +114,8 @@ class Prepared:
     epochs: int
 
 
-def _adapt(cfg: DictConfig, model, shape, tokenizer, data, total_steps: int):
+def apply_method(cfg: DictConfig, model, shape, tokenizer, data, total_steps: int):
+    """The configured method applied to the base model (what it adds, keeps and hooks per step)."""
     from bench import methods
 
     ctx = methods.ApplyContext(
@@ -134,7 +136,7 @@ def prepare(cfg: DictConfig, eval_splits: list[str] | None = None) -> Prepared:
     model = models.load_model(m, t, tokenizer, cache)
     epochs, total_steps = batching.budget(len(data.train), tr.batch_size, tr.epochs, tr.get("min_steps"),
                                           tr.max_steps)
-    adapted = _adapt(cfg, model, shape, tokenizer, data, total_steps)
+    adapted = apply_method(cfg, model, shape, tokenizer, data, total_steps)
     pipeline = shape.pipeline(t, m.kind, tokenizer, tr.max_length, adapted.prompt_prefix)
     train_ds = pipeline.tokenize(data.train)
     train_lengths = pipeline.train_lengths(train_ds) if pipeline.train_lengths else list(train_ds["length"])
@@ -143,12 +145,13 @@ def prepare(cfg: DictConfig, eval_splits: list[str] | None = None) -> Prepared:
     return Prepared(data, shape, pipeline, tokenizer, adapted, train_ds, train_lengths, eval_sets, total_steps, epochs)
 
 
-def _train_and_measure(cfg: DictConfig, out: Path, result: dict, logger, guard: PreemptionGuard) -> None:
+def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger, guard: PreemptionGuard) -> None:
     from transformers import set_seed
 
     from bench import evaluation, train
 
     t, m, tr = cfg.task, cfg.model, cfg.trainer
+    measure.release_earlier_jobs()  # a multirun's earlier models must not count in this run's peak
     set_seed(cfg.seed)
     result["seeds"] = {"python": cfg.seed, "numpy": cfg.seed, "torch": cfg.seed, "batch_order": cfg.seed,
                        "data_subset": tr.data_seed, "demonstrations": cfg.seed}

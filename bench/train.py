@@ -47,9 +47,11 @@ def make_accelerator(trainer_cfg):
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
-def _loader(dataset, batches, collate) -> DataLoader:
-    # its own generator: a DataLoader iterator otherwise draws from the global torch RNG when it
-    # starts, which would shift the dropout stream of a resumed run against an uninterrupted one
+def batch_loader(dataset, batches, collate) -> DataLoader:
+    """The training DataLoader over `batches` (lists of row indices), in order, in this process.
+
+    Its own generator: a DataLoader iterator otherwise draws from the global torch RNG when it
+    starts, which would shift the dropout stream of a resumed run against an uninterrupted one."""
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=0,
                       generator=torch.Generator().manual_seed(0))
 
@@ -120,7 +122,7 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
     step_optimizer = optimizer.optimizer if direct else optimizer  # the torch objects under the wrappers
     step_scheduler = scheduler.scheduler if direct else scheduler
     local = shard(batches[first:], accelerator.process_index, accelerator.num_processes)
-    loader = _loader(dataset, local, collate)
+    loader = batch_loader(dataset, local, collate)
     # real-token counts come from the known lengths: no device sync needed to count them
     batch_tokens = [sum(lengths[i] for i in b) for b in batches]
 

@@ -25,14 +25,14 @@ from bench import batches as batching
 from bench.config import CONF_DIR, register_resolvers
 from bench.measure import synchronize
 from bench.run import prepare
-from bench.train import _loader, make_accelerator, train
+from bench.train import batch_loader, make_accelerator, train
 
 
 def bare_loop(model, dataset, order, collate, optimizer, scheduler, device, grad_clip, loss_fn):
     """What a careful engineer writes by hand: the same steps with nothing around them."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    for batch in _loader(dataset, order, collate):
+    for batch in batch_loader(dataset, order, collate):
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = loss_fn(model, batch)
         loss.backward()

@@ -1,7 +1,7 @@
 """Every module of bench imports on its own (no import cycles), and none reaches into another's
 private names."""
+import ast
 import pkgutil
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,12 +33,41 @@ def test_every_module_imports_on_its_own():
     assert failed == []
 
 
-def test_no_module_imports_another_modules_private_names():
+def private_uses(source: str) -> list[str]:
+    """Private names of bench modules that `source` takes: `from bench.x import _y` (one line or several) and
+    `m._y` where `m` is a bench module or name imported from bench (`import bench.x as m`, `from bench import x`)."""
+    tree = ast.parse(source)
+    bound = set()  # local names bound to bench modules (or names taken from them)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bench":
+            found += [f"{node.lineno}: from {node.module} import {a.name}"
+                      for a in node.names if a.name.startswith("_")]
+            bound.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            bound.update(a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] == "bench")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in bound:
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return sorted(found, key=lambda f: int(f.split(":")[0]))
+
+
+def test_private_use_finder_sees_multiline_imports_and_attributes():
+    source = ("from bench.train import (\n    make_accelerator,\n    _loader,\n)\n"
+              "import bench.run as run_mod\nfrom bench import evaluation\nimport torch\n"
+              "run_mod._adapt(1)\nevaluation.score(2)\nbench_like = torch._C\nrun_mod.__name__\n")
+    assert private_uses(source) == ["1: from bench.train import _loader", "8: run_mod._adapt"]
+
+
+def test_no_module_or_script_imports_another_modules_private_names():
     root = Path(bench.__file__).parent
-    offenders = []
-    for path in root.rglob("*.py"):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            match = re.match(r"\s*from (bench[\w.]*) import (.*)", line)
-            if match and any(name.strip(" ()").startswith("_") for name in match.group(2).split(",")):
-                offenders.append(f"{path.relative_to(root)}: {line.strip()}")
+    scripts = root.parent / "scripts"
+    files = sorted(root.rglob("*.py")) + sorted(scripts.rglob("*.py"))
+    assert any(f.parent == scripts for f in files)  # the scripts were read too
+    offenders = [f"{path.relative_to(root.parent)}:{use}" for path in files
+                 for use in private_uses(path.read_text(encoding="utf-8"))]
     assert offenders == []

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.report.fmt import DASH, num, text
+from bench.result_schema import Result
 
-RESULT_FILE = "result.json"
 FAILED = ("failed", "diverged")
 # metrics where a smaller value is better; every primary metric the shipped tasks use is "higher"
 LOWER_IS_BETTER = {"loss", "eval_loss", "mse", "mae", "rmse", "perplexity"}
@@ -49,7 +49,7 @@ class Predictions:
 @dataclass
 class Run:
     path: str                # result.json's path relative to the results folder (posix)
-    data: dict
+    data: Result             # checked by bench.result_schema.check_result (older versions: as written)
     status: str
     task: str
     model: str
@@ -76,9 +76,8 @@ class Run:
 
     @property
     def majority(self) -> dict | None:
-        block = self.data.get("baselines")
-        majority = block.get("majority") if isinstance(block, dict) else None
-        return majority if isinstance(majority, dict) and "prediction" in majority else None
+        majority = (self.data.get("baselines") or {}).get("majority")
+        return majority if majority is not None and "prediction" in majority else None
 
     @property
     def metric_args(self) -> dict:

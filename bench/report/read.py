@@ -1,5 +1,8 @@
 """Walk a results folder: result.json files (and the predictions files they name) and serve-<method>.json files.
 
+A result.json is read through bench.result_schema.check_result: a file the schema refuses (a newer schema
+version, a known key of the wrong type) is listed as unreadable with the key and the problem; past that point
+every section a file has is of its schema type (older schema versions are read as they are).
 Nothing here reads the clock or keeps an absolute path in what it returns, so the same files always give the
 same Runs wherever the folder sits.
 """
@@ -13,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.report.fmt import DASH, num, text
-from bench.report.model import (RESULT_FILE, Conditions, Predictions, Run, ServeFile, Unreadable,
-                                run_sort_key)
+from bench.report.model import Conditions, Predictions, Run, ServeFile, Unreadable, run_sort_key
+from bench.result_schema import RESULT_FILE, Result, ResultError, check_result
 
 SKIP_DIRS = {"_hydra", "wandb"}  # Hydra's own logs and offline W&B runs hold no results of ours
 
@@ -44,13 +47,12 @@ def variant_of(overrides: Any) -> str:
     return ",".join(sorted(kept))
 
 
-def primary_of(data: dict) -> tuple[str, float | None, float | None]:
-    """(primary metric name, its validation value, its dev value)."""
-    metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
-    dev = data.get("dev_metrics") if isinstance(data.get("dev_metrics"), dict) else {}
+def primary_of(data: Result) -> tuple[str, float | None, float | None]:
+    """(primary metric name, its validation value, its dev value); unversioned files: config.task's."""
+    metrics, dev = data.get("metrics") or {}, data.get("dev_metrics") or {}
     name = data.get("primary_metric")
-    if not isinstance(name, str) or not name:
-        task_cfg = ((data.get("config") or {}).get("task") or {}) if isinstance(data.get("config"), dict) else {}
+    if not name:
+        task_cfg = (data.get("config") or {}).get("task")
         name = task_cfg.get("primary_metric") if isinstance(task_cfg, dict) else None
     if (not isinstance(name, str) or not name) and len(metrics or dev) == 1:
         name = next(iter(metrics or dev))
@@ -59,11 +61,9 @@ def primary_of(data: dict) -> tuple[str, float | None, float | None]:
     return name, num(metrics.get(name)), num(dev.get(name))
 
 
-def conditions_of(data: dict) -> Conditions:
+def conditions_of(data: Result) -> Conditions:
     """`conditions` (schema 2); older files: what env and throughput recorded (the launcher was not)."""
-    cond = data.get("conditions") if isinstance(data.get("conditions"), dict) else {}
-    env = data.get("env") if isinstance(data.get("env"), dict) else {}
-    tput = data.get("throughput") if isinstance(data.get("throughput"), dict) else {}
+    cond, env, tput = data.get("conditions") or {}, data.get("env") or {}, data.get("throughput") or {}
 
     def pick(key: str, *fallbacks: Any) -> str:
         for value in (cond.get(key), *fallbacks):
@@ -76,9 +76,9 @@ def conditions_of(data: dict) -> Conditions:
                       pick("processes", tput.get("processes")), pick("precision"))
 
 
-def code_of(data: dict) -> tuple[str, bool]:
+def code_of(data: Result) -> tuple[str, bool]:
     """(git SHA without suffix, dirty?) from env.git_sha / env.git_dirty (older files: a "-dirty" suffix)."""
-    env = data.get("env") if isinstance(data.get("env"), dict) else {}
+    env = data.get("env") or {}
     sha = text(env.get("git_sha")).strip()
     dirty = env.get("git_dirty") is True or sha.endswith("-dirty")
     return sha.removesuffix("-dirty"), dirty
@@ -139,19 +139,24 @@ def load_runs(results_dir: Path) -> tuple[list[Run], list[Unreadable]]:
     runs, unreadable = [], []
     for path in find_files(results_dir, lambda name: name == RESULT_FILE):
         rel = path.relative_to(results_dir).as_posix()
-        data, reason = read_json_object(path, "result")
-        if data is None:
+        raw, reason = read_json_object(path, "result")
+        if raw is None:
             unreadable.append(Unreadable(rel, reason))
+            continue
+        try:
+            data = check_result(raw, rel)
+        except ResultError as err:  # the reason without the path: the row already names the file
+            unreadable.append(Unreadable(rel, err.reason))
             continue
         primary, value, dev_value = primary_of(data)
         sha, dirty = code_of(data)
-        run = Run(path=rel, data=data, status=text(data.get("status")) or "unknown",
+        run = Run(path=rel, data=data, status=data["status"],
                   task=text(data.get("task")) or DASH, model=text(data.get("model")) or DASH,
                   method=text(data.get("method")) or DASH, variant=variant_of(data.get("overrides")),
                   seed=data.get("seed"), primary=primary, value=value, dev_value=dev_value,
                   conditions=conditions_of(data), git_sha=sha, git_dirty=dirty)
-        named = data.get("predictions")
-        if run.status == "finished" and isinstance(named, dict) and "validation" in named:
+        named = data.get("predictions") or {}
+        if run.status == "finished" and "validation" in named:
             run.predictions, run.predictions_problem = read_predictions(path.parent, named["validation"])
         runs.append(run)
     runs.sort(key=run_sort_key)

@@ -8,13 +8,13 @@ resample; Pearson and Spearman (average ranks, counted per resample) on the resa
 """
 from __future__ import annotations
 
-import re
 import warnings
-from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
 import numpy as np
 from scipy import stats
+
+from bench.metrics.extract import same_answer
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -131,7 +131,6 @@ def _correlation_rows(metric: str, columns: list[list]) -> tuple[list[np.ndarray
 CONFUSION: dict[str, Callable] = {"f1": f1, "matthews_correlation": matthews_correlation}
 CORRELATION = ("pearsonr", "spearmanr")
 PER_EXAMPLE = ("accuracy", "exact_match")
-_NUMBER = re.compile(r"[+-]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?")
 
 
 def has_closed_form(metric: str) -> bool:
@@ -140,25 +139,11 @@ def has_closed_form(metric: str) -> bool:
     return name in PER_EXAMPLE or name in CONFUSION or name in CORRELATION
 
 
-def _as_decimal(value: str) -> Decimal | None:
-    if not any(c.isdigit() for c in value) or not _NUMBER.fullmatch(value):
-        return None
-    try:
-        return Decimal(value.replace(",", ""))
-    except InvalidOperation:
-        return None
-
-
 def exact_match_one(prediction: Any, references: Any) -> bool:
     """As the shipped exact_match: stripped strings equal, or both plain decimal numbers of equal value;
     `references` is one string or a list of acceptable ones."""
-    pred = str(prediction).strip()
-    for ref in references if isinstance(references, list) else [references]:
-        ref = str(ref).strip()
-        p, r = _as_decimal(pred), _as_decimal(ref)
-        if pred == ref or (p is not None and r is not None and p == r):
-            return True
-    return False
+    return any(same_answer(str(prediction), str(ref))
+               for ref in (references if isinstance(references, list) else [references]))
 
 
 def per_example(metric: str, refs: list, preds: list) -> np.ndarray | None:

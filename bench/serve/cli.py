@@ -11,9 +11,9 @@ from bench import record
 from bench.units import human_bytes
 
 
-def _choose_method(found: dict, method: str, results_dir: Path) -> str:
+def _choose_method(found: dict, method: str, results_dir: Path, refused: list[dict]) -> str:
     """The method name as recorded (exact, else a unique case-insensitive match); ValueError listing the
-    methods whose runs kept an adapter when `method` is not one of them."""
+    methods whose runs kept an adapter (and the result files the schema refused) when `method` is not one."""
     from bench.serve.runs import adapter_methods
 
     servable = adapter_methods(found)
@@ -23,6 +23,8 @@ def _choose_method(found: dict, method: str, results_dir: Path) -> str:
     if len(folded) == 1:
         return folded[0]
     left_out = f" ({len(found[method])} run(s) of method={method}, none with an adapter/ folder)" if method in found else ""
+    if refused:
+        left_out += f" ({len(refused)} result file(s) refused, e.g. {refused[0]['run']}: {refused[0]['reason']})"
     raise ValueError(f"{results_dir}: no run of method={method} kept a PEFT method's adapter/ folder{left_out}; "
                      f"serving adapters needs a PEFT method whose runs keep one (trainer.keep_weights=adapters "
                      f"or all). Methods with adapters here: {', '.join(servable) or 'none'}")
@@ -38,9 +40,10 @@ def serve_eval(results_dir, method: str, out=None, *, repeats: int = 20, mixed: 
         raise ValueError(f"{results_dir}: no such folder")
     if repeats < 1:
         raise ValueError(f"--repeats: must be an integer >= 1, got {repeats}")
-    found = scan(results_dir)
-    method = _choose_method(found, method, results_dir)
+    found, refused = scan(results_dir)
+    method = _choose_method(found, method, results_dir, refused)
     runs, skipped = select(found, method)
+    skipped += refused  # unreadable by this bench: whatever their method, they were not served
     if not runs:
         raise ValueError(f"{results_dir}: no finished method={method} run with an adapter/ folder"
                          + (f" (left out: {skipped})" if skipped else ""))

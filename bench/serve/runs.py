@@ -1,7 +1,8 @@
 """Which runs serve-eval serves: finished runs of one method that kept a PEFT adapter, and how they group.
 
-A run is rebuilt from its own result.json: `config` is the resolved configuration the run used, so the
-task data, tokenizer, task shape and its pipeline are rebuilt from it exactly as the run built them.
+A run is rebuilt from its own result.json (read through bench.result_schema.check_result): `config` is the
+resolved configuration the run used, so the task data, tokenizer, task shape and its pipeline are rebuilt from
+it exactly as the run built them.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bench import record
+from bench.result_schema import Result, ResultError
 
 ADAPTER_DIR = "adapter"          # where a PEFT method saves its adapter in a run folder (methods.PeftMethod.save)
 ADAPTER_CONFIG = "adapter_config.json"
@@ -20,7 +22,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 @dataclass
 class Served:
     """One finished run whose adapter is served, and what evaluating it needs."""
-    result: dict
+    result: Result
     cfg: DictConfig
     folder: Path
     name: str = ""                  # the PEFT adapter name
@@ -39,7 +41,7 @@ class Served:
         """The splits the run recorded metrics for, in the order it evaluated them."""
         return [s for s in ("dev", "validation") if recorded_key(s) in self.result]
 
-    def recorded(self, split: str) -> dict:
+    def recorded(self, split: str) -> dict[str, float]:
         return self.result.get(recorded_key(split)) or {}
 
     def prepare(self, tokenizer) -> None:
@@ -63,37 +65,43 @@ def has_adapter(folder: Path) -> bool:
     return (Path(folder) / ADAPTER_DIR / ADAPTER_CONFIG).is_file()
 
 
-def scan(results_dir: Path) -> dict[str, list[tuple[Path, dict]]]:
-    """Every readable result under results_dir, by method name."""
-    found: dict[str, list[tuple[Path, dict]]] = {}
+def scan(results_dir: Path) -> tuple[dict[str, list[tuple[Path, Result]]], list[dict]]:
+    """Every readable result under results_dir, by method name; and the files the schema refuses (a newer
+    schema version, a key of the wrong type), each {"run", "reason"}, left out whatever their method."""
+    found: dict[str, list[tuple[Path, Result]]] = {}
+    refused = []
     for path in sorted(Path(results_dir).rglob(record.RESULT_FILE)):
-        result = record.read_result(path.parent)
-        if isinstance(result, dict) and result.get("method"):
-            found.setdefault(str(result["method"]), []).append((path.parent, result))
-    return found
+        try:
+            result = record.read_result(path.parent)
+        except ResultError as err:
+            refused.append({"run": path.parent.name, "reason": f"{record.RESULT_FILE} refused: {err.reason}"})
+            continue
+        if result is not None and result.get("method"):
+            found.setdefault(result["method"], []).append((path.parent, result))
+    return found, refused
 
 
-def adapter_methods(found: dict[str, list[tuple[Path, dict]]]) -> list[str]:
+def adapter_methods(found: dict[str, list[tuple[Path, Result]]]) -> list[str]:
     """Methods with at least one run that kept a PEFT adapter folder: what --method may name."""
     return sorted(m for m, runs in found.items() if any(has_adapter(folder) for folder, _ in runs))
 
 
-def select(found: dict[str, list[tuple[Path, dict]]], method: str) -> tuple[list[Served], list[dict]]:
+def select(found: dict[str, list[tuple[Path, Result]]], method: str) -> tuple[list[Served], list[dict]]:
     """Finished runs of `method` with a kept adapter; and the runs left out, with why."""
     chosen, skipped = [], []
     for folder, result in found.get(method, []):
-        config = result.get("config")
+        task = (result.get("config") or {}).get("task")
         why = None
-        if result.get("status") != "finished":
-            why = f"status {result.get('status')}"
+        if result["status"] != "finished":
+            why = f"status {result['status']}"
         elif not has_adapter(folder):
             why = f"no {ADAPTER_DIR}/ folder (trainer.keep_weights=none?)"
-        elif not isinstance(config, dict) or not (config.get("task") or {}).get("shape"):
+        elif not isinstance(task, dict) or not task.get("shape"):
             why = "result.json has no config.task.shape (written by an older bench)"
         if why:
             skipped.append({"run": folder.name, "reason": why})
             continue
-        chosen.append(Served(result, OmegaConf.create(config), folder))
+        chosen.append(Served(result, OmegaConf.create(result["config"]), folder))
     # adapter names: the task where that is unique, else the run name (PEFT names may not hold '.')
     tasks = [s.cfg.task.name for s in chosen]
     for s in chosen:

@@ -127,6 +127,18 @@ def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
+def padded_inputs(seqs: list[list[int]], pad_id: int, left: bool = False) -> dict:
+    """`input_ids` padded with pad_id and the `attention_mask` (1 over the tokens, 0 over the padding)."""
+    return {"input_ids": pad(seqs, pad_id, left), "attention_mask": pad([[1] * len(s) for s in seqs], 0, left)}
+
+
+def answer_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """Causal-LM training batch of (prompt, answer) token lists: prompt + answer, padded on the right;
+    `labels` are -100 over the prompt and the padding, so the loss covers the answer's tokens only."""
+    return {**padded_inputs([prompt + answer for prompt, answer in pairs], pad_id),
+            "labels": pad([[-100] * len(prompt) + answer for prompt, answer in pairs], -100)}
+
+
 def fill(template: str, row: dict, where: str = "task template") -> str:
     try:
         return template.format(**row)

@@ -12,8 +12,8 @@ import torch
 from omegaconf import DictConfig
 
 from bench.config import ConfigError
-from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, fill, majority, map_rows, pad,
-                               token_ids)
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, majority, map_rows,
+                               pad, padded_inputs, token_ids)
 
 
 def _encoder_texts(batch: dict, fields: list[str], sep: str) -> list[list[str]]:
@@ -29,8 +29,7 @@ class EncoderCollator:
         self.regression = regression
 
     def __call__(self, rows: list[dict]) -> dict:
-        batch = {"input_ids": pad([r["input_ids"] for r in rows], self.pad_id),
-                 "attention_mask": pad([[1] * len(r["input_ids"]) for r in rows], 0)}
+        batch = padded_inputs([r["input_ids"] for r in rows], self.pad_id)
         if "token_type_ids" in rows[0]:
             batch["token_type_ids"] = pad([r["token_type_ids"] for r in rows], 0)
         dtype = torch.float if self.regression else torch.long
@@ -46,13 +45,7 @@ class DecoderTrainCollator:
         self.label_ids = label_ids
 
     def __call__(self, rows: list[dict]) -> dict:
-        seqs, targets = [], []
-        for r in rows:
-            answer = self.label_ids[r["labels"]]
-            seqs.append(r["input_ids"] + answer)
-            targets.append([-100] * len(r["input_ids"]) + answer)
-        return {"input_ids": pad(seqs, self.pad_id), "attention_mask": pad([[1] * len(s) for s in seqs], 0),
-                "labels": pad(targets, -100)}
+        return answer_batch([(r["input_ids"], self.label_ids[r["labels"]]) for r in rows], self.pad_id)
 
 
 class DecoderEvalCollator:
@@ -62,8 +55,7 @@ class DecoderEvalCollator:
         self.pad_id = tokenizer.pad_token_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        seqs = [r["input_ids"] for r in rows]
-        return {"input_ids": pad(seqs, self.pad_id), "attention_mask": pad([[1] * len(s) for s in seqs], 0),
+        return {**padded_inputs([r["input_ids"] for r in rows], self.pad_id),
                 "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long)}
 
 

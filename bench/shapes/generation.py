@@ -15,7 +15,8 @@ import torch
 
 from bench.config import ConfigError
 from bench.metrics.extract import extract_last_number
-from bench.shapes.base import DataError, ModelHead, Pipeline, Shape, fill, map_rows, pad, token_ids
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, map_rows, padded_inputs,
+                               token_ids)
 
 def last_number(text: str) -> str:
     """GSM8K's answer extraction: the last number in the text, thousands commas removed ('' if none)."""
@@ -135,13 +136,8 @@ class _TrainCollator:
         self.pad_id, self.max_length = tokenizer.pad_token_id, max_length
 
     def __call__(self, rows):
-        seqs, targets = [], []
-        for r in rows:
-            prompt = r["input_ids"][-(self.max_length - len(r["target_ids"])):]
-            seqs.append(prompt + r["target_ids"])
-            targets.append([-100] * len(prompt) + r["target_ids"])
-        return {"input_ids": pad(seqs, self.pad_id), "attention_mask": pad([[1] * len(s) for s in seqs], 0),
-                "labels": pad(targets, -100)}
+        return answer_batch([(r["input_ids"][-(self.max_length - len(r["target_ids"])):], r["target_ids"])
+                             for r in rows], self.pad_id)
 
 
 class _EvalCollator:
@@ -151,9 +147,7 @@ class _EvalCollator:
         self.pad_id = tokenizer.pad_token_id
 
     def __call__(self, rows):
-        seqs = [r["input_ids"] for r in rows]
-        return {"input_ids": pad(seqs, self.pad_id, left=True),
-                "attention_mask": pad([[1] * len(s) for s in seqs], 0, left=True)}
+        return padded_inputs([r["input_ids"] for r in rows], self.pad_id, left=True)
 
 
 class _StopOnStrings:

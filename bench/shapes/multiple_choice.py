@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import ConfigError
-from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, fill, map_rows, majority, pad,
-                               sequence_logprobs, token_ids)
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, map_rows, majority, pad,
+                               padded_inputs, sequence_logprobs, token_ids)
 
 
 def context_text(spec, row: dict) -> str:
@@ -156,8 +156,7 @@ class _EncoderChoiceCollator:
     def __call__(self, rows):
         ids = [c for r in rows for c in r["choice_input_ids"]]
         types = [c for r in rows for c in r["choice_token_type_ids"]]
-        return {"input_ids": pad(ids, self.pad_id), "attention_mask": pad([[1] * len(x) for x in ids], 0),
-                "token_type_ids": pad(types, 0),
+        return {**padded_inputs(ids, self.pad_id), "token_type_ids": pad(types, 0),
                 "n_choices": torch.tensor([len(r["choice_input_ids"]) for r in rows]),
                 "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long)}
 
@@ -183,13 +182,7 @@ class _DecoderChoiceTrainCollator:
         self.pad_id = tokenizer.pad_token_id
 
     def __call__(self, rows):
-        seqs, targets = [], []
-        for r in rows:
-            answer = r["choice_ids"][r["labels"]]
-            seqs.append(r["input_ids"] + answer)
-            targets.append([-100] * len(r["input_ids"]) + answer)
-        return {"input_ids": pad(seqs, self.pad_id), "attention_mask": pad([[1] * len(s) for s in seqs], 0),
-                "labels": pad(targets, -100)}
+        return answer_batch([(r["input_ids"], r["choice_ids"][r["labels"]]) for r in rows], self.pad_id)
 
 
 class _DecoderChoiceEvalCollator:
@@ -204,8 +197,8 @@ class _DecoderChoiceEvalCollator:
             for choice in r["choice_ids"]:
                 seqs.append(r["input_ids"] + choice)
                 targets.append([0] * len(r["input_ids"]) + [1] * len(choice))
-        return {"input_ids": pad(seqs, self.pad_id), "attention_mask": pad([[1] * len(s) for s in seqs], 0),
-                "target_mask": pad(targets, 0), "n_choices": torch.tensor([len(r["choice_ids"]) for r in rows]),
+        return {**padded_inputs(seqs, self.pad_id), "target_mask": pad(targets, 0),
+                "n_choices": torch.tensor([len(r["choice_ids"]) for r in rows]),
                 "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long)}
 
 

@@ -1,17 +1,13 @@
 """Accuracy: fraction of predictions equal to the reference label."""
-import datasets
 import evaluate
 import numpy as np
+
+from bench.metrics.common import metric_info
 
 
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Fraction of predictions equal to the references.",
-            citation="",
-            inputs_description="predictions, references: integer class ids",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return metric_info(__doc__, "int64")
 
     def _compute(self, predictions, references):
         predictions, references = np.asarray(predictions), np.asarray(references)

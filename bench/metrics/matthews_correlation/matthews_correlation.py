@@ -1,17 +1,13 @@
 """Matthews correlation coefficient (the GLUE metric for CoLA)."""
-import datasets
 import evaluate
 from sklearn.metrics import matthews_corrcoef
+
+from bench.metrics.common import metric_info
 
 
 class MatthewsCorrelation(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Matthews correlation between predicted and reference class ids.",
-            citation="Matthews 1975",
-            inputs_description="predictions, references: integer class ids",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return metric_info(__doc__, "int64", citation="Matthews 1975")
 
     def _compute(self, predictions, references):
         return {"matthews_correlation": float(matthews_corrcoef(references, predictions))}

@@ -1,0 +1,475 @@
+"""result.json in code: the TypedDicts of every section, SCHEMA_VERSION, and the one check every reader uses.
+
+The writer (bench.run) builds a `Result`, the W&B mirror (bench.record.flatten) takes its summary keys from the
+sections marked MIRRORED, and the readers (bench.report, bench.serve, bench.protocol) read a file only through
+`check_result`, which is driven by the annotations below: there is no second list of keys.
+
+Which keys must be there:
+- `status`: every result.json any bench wrote (marker EVERY_VERSION); a reader refuses a file without it.
+- the plain (required) keys of `Result`: every file this version writes, from the first "running" record on.
+- keys marked FINISHED, and the plain keys inside a section: every finished run this version writes (a run
+  that stopped early may have written part of a section).
+A reader checks the version, the EVERY_VERSION keys, and the type of every known key a file has (older versions
+and hand-written files stay readable); the writer (`complete=True`) checks everything, unknown keys included,
+except inside sections marked OPEN (method facts, the protocol's selection), which may hold more.
+Types: an int is a float; a tuple is a list (both are JSON arrays); bool is never an int.
+"""
+import functools
+import types
+import typing
+from typing import Annotated, Any, Literal, NotRequired, TypedDict, Union
+
+RESULT_FILE = "result.json"
+SCHEMA_VERSION = 2  # 1: no dev split, predictions, baselines, conditions, git_dirty; unversioned: the first bench
+
+# markers on a key's annotation (typing.Annotated metadata)
+EVERY_VERSION = "in every result.json of every version"
+FINISHED = "in every finished run"
+MIRRORED = "mirrored to W&B as <section>/<key> summary keys (scalar leaves)"
+OPEN = "may hold keys not listed here"
+
+Status = Literal["running", "finished", "failed", "diverged", "preempted", "interrupted"]
+EvalSplit = Literal["validation", "dev", "both"]
+Metrics = dict[str, float]  # metric name -> value (bench.evaluation.score)
+
+
+class Selection(TypedDict, total=False):
+    """How a protocol final's hyperparameters were chosen (the file `selection_file` names; bench.protocol)."""
+    protocol_version: int
+    sweep: str
+    task: str
+    model: str
+    method: str
+    metric: str
+    split: str
+    direction: str
+    search: dict[str, Any]           # mode, space, n_trials, seed (+ sampler)
+    tie_break: str
+    trials: list[dict[str, Any]]     # index, values, overrides, run, identity, status, dev_score
+    winner: dict[str, Any] | None    # index, values, dev_score, run, identity
+
+
+class Seeds(TypedDict):
+    python: int
+    numpy: int
+    torch: int
+    batch_order: int
+    data_subset: int
+    demonstrations: int
+
+
+class DataFile(TypedDict):
+    path: str
+    rows: int
+    sha256: str
+
+
+class DataSource(TypedDict, total=False):
+    """Where the rows came from (bench.tasks): local files with their hashes, or a hub dataset."""
+    kind: Literal["local", "hub"]
+    files: dict[str, DataFile]       # split -> file (local)
+    path: str                        # hub dataset
+    name: str | None
+    splits: dict[str, int]           # split -> rows used
+
+
+class Params(TypedDict):
+    total: int
+    trainable: int
+    trainable_percent: float
+    stored: int                      # values in the saved safetensors files (added when the weights are saved)
+
+
+class Budget(TypedDict):
+    epochs: int
+    steps: int
+    train_rows: int
+
+
+class LossCurve(TypedDict):
+    every_steps: int
+    first_step: int
+    loss: list[float]
+
+
+class Throughput(TypedDict):
+    real_token_fraction: NotRequired[float]           # only when something was trained
+    train_tokens_per_s: float | None
+    train_samples_per_s: float | None
+    eval_tokens_per_s: float | None
+    eval_samples_per_s: float | None
+    eval_split: str
+    virtual_tokens: int
+    virtual_positions: int
+    virtual_tokens_counted: bool
+    train_steps: int
+    train_samples: int
+    train_tokens: int
+    eval_samples: int
+    eval_tokens: int
+    processes: int
+    train_tokens_per_s_per_process: float | None
+    generate_tokens_per_s: NotRequired[float | None]  # generation tasks
+    generate_samples_per_s: NotRequired[float | None]
+    generated_tokens: NotRequired[int]
+    # FLOPs and MFU (bench.measure.mfu_section)
+    train_flops_per_token: float | None
+    train_flops_per_sample: float | None
+    train_flops_per_batch: float | None
+    eval_flops_per_token: float
+    eval_flops_per_sample: float
+    eval_flops_per_batch: float
+    precision: str
+    peak_flops: float | None
+    mfu: float | None
+    eval_mfu: float | None
+    mfu_formula: str
+
+
+class PredictionFiles(TypedDict, total=False):
+    """Split -> predictions file name, relative to the run folder (gzip JSON: split, ids, predictions, ...)."""
+    validation: str
+    dev: str
+
+
+class MajorityBaseline(TypedDict):
+    prediction: Any                  # the constant: a label, a choice index or the train mean
+    metrics: NotRequired[Metrics]
+    dev_metrics: NotRequired[Metrics]
+
+
+class Baselines(TypedDict, total=False):
+    majority: MajorityBaseline
+
+
+class Sample(TypedDict):
+    """One generated output (generation tasks)."""
+    id: int | str
+    output: str
+    prediction: Any
+    reference: Any
+
+
+class Adaptation(TypedDict, total=False):
+    """Method-specific facts (bench.methods: Method.facts)."""
+    peft_type: str
+    num_virtual_tokens: int
+    virtual_positions: int
+    init: str | None
+    target_modules: list[str] | str | None
+    adapted_layers: int
+    shared_projections_stored: bool
+    # AdaLoRA: the rank allocation it ended with
+    allocated: bool
+    init_r: int
+    target_r: int
+    budget: int
+    total_rank: int
+    total_step: int | None
+    tinit: int | None
+    tfinal: int | None
+    deltaT: int | None
+    ranks: dict[str, int]
+    rank_pattern: Any
+    # hard prompt
+    shots: int
+    instruction: bool
+    demonstration_rows: list[Any]
+    prompt_chars: int
+    # full fine-tuning
+    trained: str
+
+
+class Storage(TypedDict):
+    bytes: int                       # what a loader needs: weights + their config
+    files: dict[str, int]            # every file written -> bytes
+    counted: list[str]               # the names counted in `bytes`
+    kept: bool
+
+
+class Memory(TypedDict):
+    peak_bytes: int | None
+    added_bytes: int | None
+    train_peak_bytes: int | None
+    train_added_bytes: int | None
+    eval_peak_bytes: int | None
+    eval_added_bytes: int | None
+    peak_reserved_bytes: NotRequired[int | None]      # CUDA
+    added_reserved_bytes: NotRequired[int | None]
+    train_peak_reserved_bytes: NotRequired[int | None]
+    train_added_reserved_bytes: NotRequired[int | None]
+    eval_peak_reserved_bytes: NotRequired[int | None]
+    eval_added_reserved_bytes: NotRequired[int | None]
+    train_added_rss_bytes: NotRequired[int]           # CPU: added = added RSS - file-backed pages read in
+    train_file_added_bytes: NotRequired[int]
+    eval_added_rss_bytes: NotRequired[int]
+    eval_file_added_bytes: NotRequired[int]
+    per_process_train_peak_bytes: NotRequired[list[int]]       # DDP
+    per_process_train_added_bytes: NotRequired[list[int] | None]
+    method: str | None
+    figure: Literal["added", "allocated"]
+
+
+class Time(TypedDict):
+    train_s: float
+    eval_s: float
+    total_s: float
+
+
+Env = TypedDict("Env", {
+    "python": str,
+    "torch": str | None, "transformers": str | None, "peft": str | None, "accelerate": str | None,
+    "datasets": str | None, "evaluate": str | None, "hydra-core": str | None, "wandb": str | None,
+    "git_sha": str | None,           # without suffix (schema 1: "-dirty" appended)
+    "git_dirty": bool | None,
+    "device": str,
+    "device_name": str,
+    "cpu_count": int | None,
+    "torch_threads": int,
+    "platform": str,
+})
+
+
+class Conditions(TypedDict):
+    """What speed and memory depend on besides the method: the report compares rows with equal conditions."""
+    device: str
+    device_name: str
+    torch_threads: int
+    processes: int
+    launcher: str
+    precision: str
+
+
+class Result(TypedDict):
+    """result.json. Plain keys: written before any compute (a run killed outright still has them)."""
+    schema_version: int
+    status: Annotated[Status, EVERY_VERSION]
+    run: str
+    identity: str                    # sha256 of the resolved config (minus output paths) and the data files
+    task: str
+    model: str
+    method: str
+    seed: int
+    shape: str
+    eval_split: EvalSplit
+    sweep: str
+    primary_metric: str
+    config: dict[str, Any]           # the resolved config, secrets redacted
+    overrides: list[str]
+    command: list[str]
+    selection: NotRequired[Annotated[Selection, OPEN]]
+    # added as the run goes
+    seeds: NotRequired[Annotated[Seeds, FINISHED]]
+    data: NotRequired[Annotated[DataSource, FINISHED]]
+    params: NotRequired[Annotated[Params, FINISHED, MIRRORED]]
+    budget: NotRequired[Annotated[Budget, FINISHED]]
+    metrics_before_training: NotRequired[Metrics]
+    resumed_from_step: NotRequired[int]
+    train_loss_curve: NotRequired[LossCurve]
+    metrics: NotRequired[Annotated[Metrics, MIRRORED]]        # validation split (absent when only dev is scored)
+    dev_metrics: NotRequired[Annotated[Metrics, MIRRORED]]    # dev split (trainer.dev_samples)
+    predictions: NotRequired[Annotated[PredictionFiles, FINISHED]]
+    baselines: NotRequired[Baselines]
+    samples: NotRequired[list[Sample]]
+    adaptation: NotRequired[Annotated[Adaptation, OPEN]]
+    storage: NotRequired[Annotated[Storage, FINISHED, MIRRORED]]
+    throughput: NotRequired[Annotated[Throughput, FINISHED, MIRRORED]]
+    memory: NotRequired[Annotated[Memory, FINISHED, MIRRORED]]
+    time: NotRequired[Annotated[Time, FINISHED, MIRRORED]]
+    env: NotRequired[Annotated[Env, FINISHED]]
+    conditions: NotRequired[Annotated[Conditions, FINISHED]]
+    # how a run that did not finish ended
+    error: NotRequired[str]
+    traceback: NotRequired[str]
+    diverged_step: NotRequired[int]
+    preempted_step: NotRequired[int]
+    selection_biased: NotRequired[bool]  # the row's hyperparameters were chosen on validation (report flag)
+
+
+# ---------------------------------------------------------------------------- the check
+
+class ResultError(ValueError):
+    """A result file the code refuses: `source: key: problem`."""
+
+    def __init__(self, source: Any, key: str, problem: str):
+        self.source, self.key, self.problem = str(source), key, problem
+        super().__init__(f"{self.source}: {self.reason}")
+
+    @property
+    def reason(self) -> str:
+        """The message without the file: `key: problem`."""
+        return f"{self.key}: {self.problem}" if self.key else self.problem
+
+
+class Field(typing.NamedTuple):
+    type: Any                        # the annotation without Required / NotRequired / Annotated
+    required: bool                   # a plain key of its TypedDict
+    markers: tuple
+
+
+@functools.cache
+def fields(typed_dict: type) -> dict[str, Field]:
+    """key -> Field for a TypedDict, in declaration order (typing.get_type_hints)."""
+    out = {}
+    for key, hint in typing.get_type_hints(typed_dict, include_extras=True).items():
+        while typing.get_origin(hint) in (typing.Required, NotRequired):
+            hint = typing.get_args(hint)[0]
+        markers: tuple = ()
+        if typing.get_origin(hint) is Annotated:
+            hint, markers = hint.__origin__, hint.__metadata__
+        out[key] = Field(hint, key in typed_dict.__required_keys__, markers)
+    return out
+
+
+def marked(marker: str, typed_dict: type = Result) -> tuple[str, ...]:
+    return tuple(key for key, f in fields(typed_dict).items() if marker in f.markers)
+
+
+def is_typed_dict(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, dict) and hasattr(tp, "__required_keys__")
+
+
+def _name(tp: Any) -> str:
+    if tp is type(None) or tp is None:
+        return "None"
+    if is_typed_dict(tp) or typing.get_origin(tp) is dict:
+        return "object"
+    if typing.get_origin(tp) is list:
+        return "list"
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _got(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def is_scalar(tp: Any) -> bool:
+    """A JSON scalar type (or a union / literal of them): what becomes a W&B summary value."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return all(is_scalar(a) for a in typing.get_args(tp))
+    return typing.get_origin(tp) is Literal or tp in (int, float, str, bool, type(None))
+
+
+class _Checker:
+    def __init__(self, source: Any, complete: bool, finished: bool):
+        self.source, self.complete, self.finished = source, complete, finished
+
+    def fail(self, path: str, problem: str):
+        raise ResultError(self.source, path, problem)
+
+    def value(self, value: Any, tp: Any, path: str, markers: tuple = ()) -> None:
+        origin = typing.get_origin(tp)
+        if tp is Any:
+            return
+        if origin in (Union, types.UnionType):
+            if value is None and type(None) in typing.get_args(tp):
+                return
+            options = [a for a in typing.get_args(tp) if a is not type(None) and self.kind_matches(value, a)]
+            if not options:
+                self.fail(path, f"expected {_name(tp)}, got {_got(value)}")
+            if not any(self.accepts(value, a, path) for a in options[1:]):
+                self.value(value, options[0], path)  # the option of the value's own kind says what is wrong
+            return
+        if not self.kind_matches(value, tp):
+            self.fail(path, f"expected {_name(tp)}, got {_got(value)}"
+                      + (f" {value!r}" if origin is Literal and isinstance(value, str) else ""))
+        if is_typed_dict(tp):
+            self.section(value, tp, path, open_=OPEN in markers)
+        elif origin is dict:
+            _, inner = typing.get_args(tp)
+            for key, item in value.items():
+                self.value(item, inner, f"{path}.{key}")
+        elif origin is list:
+            (inner,) = typing.get_args(tp)
+            for i, item in enumerate(value):
+                self.value(item, inner, f"{path}[{i}]")
+
+    def accepts(self, value: Any, tp: Any, path: str) -> bool:
+        try:
+            self.value(value, tp, path)
+        except ResultError:
+            return False
+        return True
+
+    @staticmethod
+    def kind_matches(value: Any, tp: Any) -> bool:
+        origin = typing.get_origin(tp)
+        if tp is Any:
+            return True
+        if tp is type(None):
+            return value is None
+        if tp is bool:
+            return isinstance(value, bool)
+        if tp is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        if tp is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is str:
+            return isinstance(value, str)
+        if origin is Literal:
+            return any(value == v and type(value) is type(v) for v in typing.get_args(tp))
+        if is_typed_dict(tp) or origin is dict:
+            return isinstance(value, dict)
+        if origin is list:
+            return isinstance(value, (list, tuple))
+        if origin in (Union, types.UnionType):
+            return any(_Checker.kind_matches(value, a) for a in typing.get_args(tp))
+        raise TypeError(f"result_schema: no check for {tp!r}")
+
+    def required(self, f: Field, top: bool) -> bool:
+        """Every version's keys always; the writer's check also: this version's plain keys (inside a section:
+        once the run finished, a run stopped early may have written part of one) and a finished run's."""
+        if EVERY_VERSION in f.markers:
+            return True
+        if not self.complete:
+            return False
+        if top:
+            return f.required or (self.finished and FINISHED in f.markers)
+        return f.required and self.finished
+
+    def section(self, data: dict, typed_dict: type, path: str, open_: bool = False) -> None:
+        top = not path
+        known = fields(typed_dict)
+        for key, f in known.items():
+            if key not in data and self.required(f, top):
+                self.fail(f"{path}.{key}" if path else key,
+                          "missing (a finished run has it)" if FINISHED in f.markers else "missing")
+        for key, item in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in known:
+                self.value(item, known[key].type, where, known[key].markers)
+            elif self.complete and not open_:
+                self.fail(where, f"not in the schema ({typed_dict.__name__} in bench/result_schema.py)")
+
+
+def check_result(data: Any, source: Any, *, complete: bool = False) -> Result:
+    """`data` as a Result, or ResultError("<source>: <key>: <problem>").
+
+    Refused: a file whose schema_version is newer than SCHEMA_VERSION, one without an EVERY_VERSION key, a known
+    key of the wrong type (at any depth). complete=True (the writer): also every key this version writes for the
+    record's status, and no key the schema does not list.
+    """
+    if not isinstance(data, dict):
+        raise ResultError(source, "", f"not a result object (top level is {_got(data)})")
+    version = data.get("schema_version", 0)  # the first bench wrote no version
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ResultError(source, "schema_version", f"expected int, got {_got(version)}")
+    if version > SCHEMA_VERSION:
+        raise ResultError(source, "schema_version", f"{version} is newer than this bench reads "
+                                                    f"(up to {SCHEMA_VERSION}); update bench to read it")
+    if complete and version != SCHEMA_VERSION:
+        raise ResultError(source, "schema_version", f"the writer writes {SCHEMA_VERSION}, got {version}")
+    _Checker(source, complete, data.get("status") == "finished").section(data, Result, "")
+    return typing.cast(Result, data)
+
+
+def mirrored_leaves(section: str) -> tuple[str, ...] | None:
+    """The scalar keys of a MIRRORED section (None: every key, for a name -> value section such as metrics)."""
+    tp = fields(Result)[section].type
+    if is_typed_dict(tp):
+        return tuple(key for key, f in fields(tp).items() if is_scalar(f.type))
+    return None
