@@ -30,4 +30,4 @@ want overhead && "$py" scripts/bench_overhead.py --device cuda --model smollm2-1
 want smollm2 && bench -m model=smollm2-135m-random task=sst2 trainer=quick-decoder method=full,lora,prompt sweep=smollm2-gpu
 # 4. every other shipped PEFT method file once
 want methods && bench -m task=sst2 model=minilm trainer=quick sweep=methods-gpu seed=0 \
-    method=ia3,dora,adalora,vera,loha,lokr,ptuning,oft,boft,hra,fourierft,ln_tuning
+    method=ia3,dora,adalora,vera,loha,lokr,ptuning,oft,hra,fourierft,ln_tuning
