@@ -223,12 +223,26 @@ def test_code_versions_dirty_trees_bias_and_memory_fallback(tmp_path):
     assert "flags" not in rows["cola: accuracy (higher is better)"][0]
 
 
+def test_grid_edges_by_hand():
+    from bench.report.tables import grid_edges
+
+    space = {"method.lr": [1e-4, 3e-4, 1e-3], "method.peft.r": [4, 8]}
+    assert grid_edges(space, {"method.lr": 3e-4, "method.peft.r": 8}) == []  # inside; a 2-point grid has no inside
+    assert grid_edges(space, {"method.lr": 1e-4}) == ["method.lr"]
+    assert grid_edges(space, {"method.lr": 1e-3}) == ["method.lr"]
+    assert grid_edges({"method.lr": {"low": 1e-4, "high": 1e-2}}, {"method.lr": 1e-4}) == []  # optuna: no grid
+
+
 def test_selection_table_trials_and_recomputation_note(tmp_path):
     root = tmp_path / "results"
-    selection = {"split": "dev", "metric": "accuracy", "space": {"method.lr": [0.001, 0.01]},
+    # the layout bench-protocol writes (bench.result_schema.Selection): search.space, winner.values
+    selection = {"split": "dev", "metric": "accuracy",
+                 "search": {"mode": "grid", "n_trials": 3, "seed": 0, "space": {"method.lr": [0.001, 0.003, 0.01]}},
                  "trials": [{"values": {"method.lr": 0.001}, "dev_score": 0.71, "identity": "x1"},
+                            {"values": {"method.lr": 0.003}, "dev_score": 0.72, "identity": "x3"},
                             {"values": {"method.lr": 0.01}, "dev_score": 0.74, "identity": "x2"}],
-                 "winner": {"method.lr": 0.01}}
+                 "winner": {"values": {"method.lr": 0.01}, "dev_score": 0.74, "index": 2, "identity": "x2",
+                            "run": "search/sst2-minilm-lora-s0-x2"}}
     write_run(root, "sst2", "lora", selection=selection)
     write_run(root, "sst2", "full", value=0.95)  # recorded 0.95, its predictions give 0.90
     trial = write_run(root, "sst2", "prompt", predictions=False, eval_split="dev", dev_metrics={"accuracy": 0.7})
@@ -238,9 +252,10 @@ def test_selection_table_trials_and_recomputation_note(tmp_path):
     written = build_report(root, tmp_path / "out")
     text = written["markdown"].read_text(encoding="utf-8")
     (row,) = md_tables(text)["How each row was selected"]
-    assert row["row"] == "minilm · lora" and row["selected on"] == "dev" and row["trials"] == "2"
-    assert row["search space"] == 'method.lr=[0.001, 0.01]' and row["winner"] == "method.lr=0.01"
-    assert row["dev scores"] == "method.lr=0.001: 0.7100; method.lr=0.01: 0.7400"
+    assert row["row"] == "minilm · lora" and row["selected on"] == "dev" and row["trials"] == "3"
+    assert row["search space"] == 'method.lr=[0.001, 0.003, 0.01]'
+    assert row["winner"] == "method.lr=0.01 (at the edge of the grid: method.lr; the best value may lie outside it)"
+    assert row["dev scores"] == "method.lr=0.001: 0.7100; method.lr=0.003: 0.7200; method.lr=0.01: 0.7400"
     assert "sweep/sst2-minilm-full-s0/result.json: accuracy recomputed from its predictions file is 0.900000, " \
            "recorded 0.950000" in text
     # the dev-only trial is counted and listed, not averaged into a row

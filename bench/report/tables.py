@@ -164,6 +164,30 @@ def _values_text(values: Any) -> str:
     return text(values) or DASH
 
 
+def _search_space(sel: dict) -> Any:
+    search = sel.get("search")  # bench-protocol writes search.space; older hand-written files: space
+    return search.get("space") if isinstance(search, dict) else sel.get("space", sel.get("search_space"))
+
+
+def _winning_values(sel: dict) -> Any:
+    winner = sel.get("winner", sel.get("best"))  # bench-protocol: winner.values (+ dev_score, run, identity)
+    return winner["values"] if isinstance(winner, dict) and isinstance(winner.get("values"), dict) else winner
+
+
+def grid_edges(space: Any, values: Any) -> list[str]:
+    """The names whose winning value is the smallest or largest point of a grid of three or more: the best
+    value may lie outside the grid, so the selection says less than it seems to."""
+    if not isinstance(space, dict) or not isinstance(values, dict):
+        return []
+    edges = []
+    for name, grid in space.items():
+        points = grid if isinstance(grid, list) and len(grid) >= 3 else []
+        if points and all(isinstance(p, (int, float)) for p in points) and values.get(name) in (min(points),
+                                                                                               max(points)):
+            edges.append(name)
+    return sorted(edges)
+
+
 def selection_table(section: Section) -> Table | None:
     """Protocol finals carry `selection`: the search space, the trials with their dev scores, the winner."""
     rows = []
@@ -176,10 +200,12 @@ def selection_table(section: Section) -> Table | None:
         scores = "; ".join(f"{_values_text(t.get('values', t.get('params')))}: "
                            f"{fmt_metric(num(t.get('dev_score', t.get('score'))))}" for t in trials)
         differ = " (runs differ: selections not identical)" if any(c != sel for c in chosen) else ""
+        space, values = _search_space(sel), _winning_values(sel)
+        edges = grid_edges(space, values)
+        edge = f" (at the edge of the grid: {', '.join(edges)}; the best value may lie outside it)" if edges else ""
         rows.append(cells(g.label, text(sel.get("split")) or "dev", text(sel.get("metric")) or DASH,
-                          _values_text(sel.get("space", sel.get("search_space"))),
-                          str(len(trials)) if trials else DASH, one_line(scores, 400) or DASH,
-                          _values_text(sel.get("winner", sel.get("best"))) + differ))
+                          _values_text(space), str(len(trials)) if trials else DASH, one_line(scores, 400) or DASH,
+                          _values_text(values) + edge + differ))
     if not rows:
         return None
     return Table(["row", "selected on", "metric", "search space", "trials", "dev scores", "winner"], rows, {4})
