@@ -15,7 +15,9 @@ from bench.run import execute
 from bench.serve.runs import scan
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / "results" / "reference" / "compare-cpu"
+REFERENCE = ROOT / "results" / "reference" / "compare-cpu-2026-11-23"  # schema 1: the reference before this round
+# every committed reference report: a folder holding runs/ and the report built from them
+REFERENCES = sorted(p.parent for p in (ROOT / "results" / "reference").rglob("runs") if p.is_dir())
 OLD_FIXTURE = Path(__file__).parent / "fixtures" / "report" / "old" / "rte-minilm-lora-s0" / "result.json"
 
 
@@ -147,6 +149,19 @@ def test_older_schema_versions_stay_readable_and_the_reference_report_rebuilds_b
     written = build_report(REFERENCE / "runs", tmp_path / "report")
     for kind, name in (("markdown", "report.md"), ("csv", "results.csv"), ("html", "index.html")):
         assert written[kind].read_bytes() == (REFERENCE / name).read_bytes(), name
+
+
+def test_the_committed_references_are_found():
+    names = {str(p.relative_to(ROOT / "results" / "reference")) for p in REFERENCES}
+    assert {"compare-cpu", "compare-cpu-2026-11-23", "protocol-cpu", "gpu-h200/compare"} <= names
+
+
+@pytest.mark.parametrize("folder", REFERENCES, ids=lambda p: p.name if p.parent.name == "reference" else
+                         f"{p.parent.name}/{p.name}")
+def test_every_committed_reference_report_rebuilds_byte_identically(folder, tmp_path):
+    written = build_report(folder / "runs", tmp_path / "report")
+    for kind, name in (("markdown", "report.md"), ("csv", "results.csv"), ("html", "index.html")):
+        assert written[kind].read_bytes() == (folder / name).read_bytes(), f"{folder.name}/{name}"
 
 
 def test_wandb_summary_keys_are_the_flattened_schema_sections_of_a_real_result(real_run):
