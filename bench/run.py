@@ -36,7 +36,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
     """
     cfg = bconfig.validate(cfg)  # typed: every schema key present, defaults filled in
     out = bconfig.run_dir(cfg)
-    previous = record.read_result(out)
+    previous = None if cfg.force else record.read_result(out)  # force: a refused or finished file is overwritten
     if previous and previous.get("status") == "finished" and not cfg.force:
         print(f"bench: skip {out.name}: already finished ({out / record.RESULT_FILE}); force=true re-runs it")
         previous["skipped"] = True

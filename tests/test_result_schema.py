@@ -179,3 +179,23 @@ def test_wandb_summary_keys_are_the_flattened_schema_sections_of_a_real_result(r
     assert {"memory/added_bytes", "params/stored", "storage/bytes", "time/train_s",
             "throughput/train_tokens_per_s"} <= set(flat)
     assert not {k for k in flat if k.startswith(("storage/files", "storage/counted", "env/", "conditions/"))}
+
+
+def test_a_refused_result_file_stops_the_run_unless_force_overwrites_it(tmp_path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from bench.config import CONF_DIR, register_resolvers, run_dir
+
+    register_resolvers()
+    overrides = [f"paths.results_dir={tmp_path / 'results'}", "logger=none", "trainer=smoke", "model=tiny-bert",
+                 "method=prompt"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+        forced = hydra_compose(config_name="config", overrides=overrides + ["force=true"])
+    path = _write(run_dir(cfg), {"schema_version": 99, "status": "finished"})  # written by a newer bench
+    with pytest.raises(ResultError, match="schema_version"):
+        execute(cfg)
+    assert json.loads(path.read_text())["schema_version"] == 99  # not overwritten without force
+    assert execute(forced)["status"] == "finished"
+    assert json.loads(path.read_text())["schema_version"] == record.SCHEMA_VERSION
