@@ -67,10 +67,8 @@ def write_result(folder: Path, result: Result) -> None:
     path = Path(folder) / RESULT_FILE
     try:
         check_result(result, path, complete=True)
-    except ResultError:
+    finally:  # written whether or not the check passed
         write_json_atomic(path, result)
-        raise
-    write_json_atomic(path, result)
 
 
 def redact(data: Any) -> Any:
