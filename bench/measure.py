@@ -207,17 +207,16 @@ class PeakMemory:
             peak = status["VmHWM"]
             if self._reset_ok:
                 added_rss = max(peak - self._start, 0)
+                reading = {"peak_bytes": peak, "added_bytes": added_rss, "added_rss_bytes": added_rss,
+                           "method": "process peak RSS (VmHWM, reset per phase through /proc/self/clear_refs); "
+                                     "added = VmHWM - VmRSS at the phase start"}
                 now_file = _file_backed()
-                if self._start_file is None or now_file is None:  # kernel < 4.5: no RssFile / RssShmem
-                    return {"peak_bytes": peak, "added_bytes": added_rss, "added_rss_bytes": added_rss,
-                            "method": "process peak RSS (VmHWM, reset per phase through /proc/self/clear_refs); "
-                                      "added = VmHWM - VmRSS at the phase start"}
-                file_added = max(now_file - self._start_file, 0)
-                return {"peak_bytes": peak, "added_bytes": max(added_rss - file_added, 0),
-                        "added_rss_bytes": added_rss, "file_added_bytes": file_added,
-                        "method": "process peak RSS (VmHWM, reset per phase through /proc/self/clear_refs); "
-                                  "added = VmHWM - VmRSS at the phase start - the file-backed and shared pages "
-                                  "(RssFile + RssShmem) that came in during the phase: anonymous memory"}
+                if self._start_file is not None and now_file is not None:  # kernel >= 4.5: RssFile / RssShmem
+                    file_added = max(now_file - self._start_file, 0)
+                    reading.update(added_bytes=max(added_rss - file_added, 0), file_added_bytes=file_added)
+                    reading["method"] += (" - the file-backed and shared pages (RssFile + RssShmem) that came in "
+                                          "during the phase: anonymous memory")
+                return reading
             return {"peak_bytes": peak, "added_bytes": None, "method": "process peak RSS (VmHWM since process start)"}
         scale = 1 if sys.platform == "darwin" else 1024
         return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "added_bytes": None,
