@@ -21,7 +21,7 @@ For each (task, model, method) "cell":
    method file's `search` dict (`{lr: [..], peft: {r: [..]}}`; a `{low, high, log}` interval gives
    `grid_points` points). `search=optuna`: `n_trials` trials of a seeded TPE sampler over the same
    space (intervals sampled, lists as choices; the default space is lr in [min, max] of the grid).
-   Trials run with `seed=search_seed`, `trainer.eval_split=dev` and `sweep=<sweep>/search`: they are
+   Trials run with `seed=search_seed` (never a final seed: settings error), `trainer.eval_split=dev` and `sweep=<sweep>/search`: they are
    scored on the dev split carved from train (`trainer.dev_samples`) and never evaluate validation.
 2. Selection: the highest dev score of the task's primary metric. Ties (scores equal to 12 decimals)
    go to the smaller learning rate, then to the earlier trial in grid/trial order. Failed or diverged
@@ -167,6 +167,12 @@ def _check_settings(s: DictConfig) -> None:
             f"must be a folder name (letters, digits, _ . - /), got {s.sweep!r}")
     for key in ("tasks", "models", "methods"):
         require(s[key] is None or len(s[key]) > 0, key, "must be null or a non-empty list")
+    require(isinstance(s.search_seed, int) and not isinstance(s.search_seed, bool), "search_seed",
+            f"must be an integer, got {s.search_seed!r}")
+    require(s.search_seed not in seed_list(s), "search_seed",
+            f"{s.search_seed} is also a final seed ({seed_list(s)}): the seed-{s.search_seed} final would be "
+            "the winning trial's model again, so the luck that made it win on dev would carry into the "
+            "reported scores; use a search seed outside the final seeds (the default is 1000)")
 
 
 def seed_list(settings: DictConfig) -> list[int]:
@@ -415,6 +421,7 @@ class Protocol:
         methods = pick("methods", [head.method.name])
         if "seeds" not in self.given and "seeds" in from_experiment:
             self.seeds = [int(x) for x in from_experiment["seeds"]]
+            _check_settings(OmegaConf.merge(self.settings, {"seeds": self.seeds}))  # the search seed stays out
         self.results_dir = Path(head.paths.results_dir)
         force = bool(head.get("force", False))
 
