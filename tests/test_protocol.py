@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from bench import config as bconfig
 from bench import protocol, record
+from bench.protocol import launch
 from bench.config import ConfigError
 
 TINY = ["model=tiny-bert", "trainer=smoke", "trainer.dev_samples=32", "logger=none"]
@@ -104,10 +105,13 @@ def test_finals_record_the_selection_and_the_trials(runs):
         assert selection == cell["selection"]
         assert final["config"]["method"]["lr"] == selection["winner"]["values"]["method.lr"]
         assert selection["split"] == "dev" and selection["search"]["n_trials"] == 2
+        assert selection["search"]["seed"] == 1000 and final["seed"] == 0  # the search seed is no final seed
         for trial in selection["trials"]:
             run = json.loads((runs["a"] / "p" / trial["run"] / "result.json").read_text())
-            assert trial["identity"] == run["identity"]
+            assert trial["identity"] == run["identity"] and run["seed"] == 1000
             assert trial["dev_score"] == run["dev_metrics"]["accuracy"]
+            assert trial["dev_loss"] == run["dev_loss"] and 0 < run["dev_loss"] < 10  # cross-entropy on dev rows
+        assert "dev_loss" not in final  # finals evaluate validation only
         best = max(t["dev_score"] for t in selection["trials"])
         assert selection["winner"]["dev_score"] == best
 
@@ -183,6 +187,23 @@ def test_ties_go_to_the_smaller_learning_rate_then_the_earlier_trial():
     assert protocol.select([{"index": 0, "values": {}, "dev_score": None}]) is None
 
 
+def test_ties_go_to_the_lower_dev_loss_before_the_learning_rate():
+    def trial(index, lr, score, loss):
+        return {"index": index, "values": {"method.lr": lr}, "dev_score": score, "dev_loss": loss}
+
+    trials = [trial(0, 1e-3, 0.75, 0.60), trial(1, 3e-3, 0.75, 0.40), trial(2, 1e-2, 0.70, 0.10)]
+    assert protocol.select(trials)["index"] == 1  # equal scores: the lower loss wins over the smaller lr
+    trials[2]["dev_score"] = 0.75 + 1e-14  # equal to 12 decimals: still a tie, and its loss is the lowest
+    assert protocol.select(trials)["index"] == 2
+    equal_loss = [trial(0, 3e-3, 0.75, 0.5), trial(1, 1e-3, 0.75, 0.5), trial(2, 1e-4, 0.5, 0.1)]
+    assert protocol.select(equal_loss)["index"] == 1  # equal losses: the smaller lr
+    same = [trial(0, 1e-3, 0.75, 0.5), trial(1, 1e-3, 0.75, 0.5)]
+    assert protocol.select(same)["index"] == 0  # then the earlier trial
+    no_loss = [trial(0, 1e-4, 0.75, None), trial(1, 1e-3, 0.75, 0.9)]
+    assert protocol.select(no_loss)["index"] == 1  # a trial without a loss comes after one with a loss
+    assert "lower dev loss" in protocol.TIE_BREAK
+
+
 def test_an_experiment_names_the_lists_and_an_optuna_sweeper_is_refused():
     p = _plan(*TINY, "experiment=compare", "dry_run=true")
     assert sorted(c.method for c in p.cells) == ["full", "lora", "prefix", "prompt"]
@@ -201,9 +222,9 @@ def test_a_trainer_without_a_dev_split_is_refused():
 class FakeBench(protocol.Bench):
     """Writes finished result files instead of training: dev and validation scores set by the test."""
 
-    def __init__(self, dev, validation):
+    def __init__(self, dev, validation, dev_loss=None):
         super().__init__(dry_run=False)
-        self.dev, self.validation, self.launched = dev, validation, []
+        self.dev, self.validation, self.dev_loss, self.launched = dev, validation, dev_loss, []
 
     def multirun(self, overrides):
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -220,6 +241,8 @@ class FakeBench(protocol.Bench):
                       "config": bconfig.to_container(cfg), "primary_metric": "accuracy"}
             if split in ("dev", "both"):
                 result["dev_metrics"] = {"accuracy": self.dev(lr)}
+                if self.dev_loss is not None:
+                    result["dev_loss"] = self.dev_loss(lr)
             if split in ("validation", "both"):
                 result["metrics"] = {"accuracy": self.validation(lr)}
                 if cfg.get("selection_file"):
@@ -249,6 +272,44 @@ def test_the_winner_follows_dev_even_when_validation_disagrees(tmp_path):
     assert _plan(*TINY, "task=rte", "method=lora,prompt", "lr_factors=[0.5,1,2]", "seeds=2",
                  f"paths.results_dir={tmp_path}", bench=again).run() == 0
     assert again.launched == []
+
+
+def test_trials_run_with_the_search_seed_and_finals_with_the_final_seeds(tmp_path):
+    fake = FakeBench(dev=lambda lr: lr, validation=lambda lr: 0.5)
+    p = _plan(*TINY, "task=rte", "method=lora", "lr_factors=[1,3]", f"paths.results_dir={tmp_path}", bench=fake)
+    assert p.settings.search_seed == 1000 and p.seeds == [0, 1, 2]  # the defaults
+    assert p.run() == 0
+    search, finals = fake.launched
+    assert "seed=1000" in search and "trainer.eval_split=dev" in search
+    assert "seed=0,1,2" in finals and not any(o.startswith("seed=") and "1000" in o for o in finals)
+    cell = p.cells[0].summary
+    for trial in cell["selection"]["trials"]:
+        assert record.read_result(tmp_path / "protocol" / trial["run"])["config"]["seed"] == 1000
+    assert [f["seed"] for f in cell["finals"]] == [0, 1, 2]
+    assert [record.read_result(tmp_path / "protocol" / f["run"])["config"]["seed"] for f in cell["finals"]] == [0, 1, 2]
+
+
+def test_a_search_seed_among_the_final_seeds_is_a_settings_error():
+    for argv in (["search_seed=0"], ["seed=0,1,1000"], ["seeds=3", "search_seed=2"]):
+        with pytest.raises(ConfigError, match="search_seed") as err:
+            protocol.parse_args(argv)
+        assert "final seed" in str(err.value)
+    # an experiment's seed list replaces the default one: it is checked as well, before any launch
+    p = _plan(*TINY, "experiment=compare", "method=lora", "hydra.sweeper.params.seed='3,4'", "dry_run=true")
+    assert p.seeds == [3, 4]
+    with pytest.raises(ConfigError, match="search_seed"):
+        _plan(*TINY, "experiment=compare", "method=lora", "hydra.sweeper.params.seed='0,1,1000'", "dry_run=true")
+
+
+def test_equal_dev_scores_go_to_the_lower_dev_loss(tmp_path):
+    # every trial scores the same on dev; the loss is lowest at the middle lr, so the smaller lr must not win
+    fake = FakeBench(dev=lambda lr: 0.5, validation=lambda lr: 0.5, dev_loss=lambda lr: abs(lr - 1e-3))
+    p = _plan(*TINY, "task=rte", "method=lora", "lr_factors=[0.5,1,2]", "seeds=1", "finals=false",
+              f"paths.results_dir={tmp_path}", bench=fake)
+    assert p.run() == 0
+    selection = p.cells[0].summary["selection"]
+    assert [t["dev_loss"] for t in selection["trials"]] == [abs(lr - 1e-3) for lr in (5e-4, 1e-3, 2e-3)]
+    assert selection["winner"]["values"] == {"method.lr": 1e-3} and selection["winner"]["dev_loss"] == 0.0
 
 
 def test_optuna_search_has_a_fixed_trial_count_and_is_repeatable(tmp_path):
@@ -286,7 +347,7 @@ def test_the_optuna_presets_score_trials_on_dev(tmp_path):
 def test_after_a_forwarded_signal_no_new_stage_is_launched(monkeypatch):
     """Side-by-side cells (max_parallel > 1): once SIGTERM was passed on, the next stage is not started."""
     launched = []
-    monkeypatch.setattr(protocol.subprocess, "Popen", lambda cmd: launched.append(cmd))
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda cmd: launched.append(cmd))
     bench = protocol.Bench()
     bench.forward(15)
     with pytest.raises(protocol.Preempted):

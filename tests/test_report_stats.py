@@ -39,7 +39,7 @@ def test_metrics_by_name_on_hand_computed_examples():
     assert stats.metric_value("exact_match", ["72.0", "Paris", ["1000", "one thousand"], "yes"],
                               ["72", " Paris ", "1,000", "no"]) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="no per-example form"):
-        stats.metric_value("bleu", ["a b"], ["a b"])
+        stats.metric_value("rouge_l", ["a b"], ["a b"])
 
 
 def test_vectorised_metrics_agree_with_sklearn():
@@ -96,7 +96,7 @@ def test_paired_bootstrap_is_reproducible_and_recomputes_non_additive_metrics():
     assert diff > 0.4 and stats.verdict(interval) == "better"
     # corpus metrics need per-example scores from the predictions file
     with pytest.raises(ValueError, match="no per-example form"):
-        stats.paired_difference("bleu", ["x"] * 3, ["x"] * 3, ["y"] * 3)
+        stats.paired_difference("rouge_l", ["x"] * 3, ["x"] * 3, ["y"] * 3)
     diff, interval = stats.paired_difference("rouge_l", ["x"] * 4, ["x"] * 4, ["y"] * 4,
                                              scores=([1.0, 1.0, 0.5, 0.5], [0.5, 0.5, 0.0, 0.0]))
     assert diff == pytest.approx(0.5) and interval == (0.5, 0.5)

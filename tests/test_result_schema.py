@@ -147,20 +147,23 @@ def test_older_schema_versions_stay_readable_and_the_reference_report_rebuilds_b
     assert "schema_version" not in unversioned and check_result(unversioned, OLD_FIXTURE) is unversioned
 
     written = build_report(REFERENCE / "runs", tmp_path / "report")
-    for kind, name in (("markdown", "report.md"), ("csv", "results.csv"), ("html", "index.html")):
+    for kind, name in (("markdown", "report.md"), ("csv", "results.csv"), ("html", "index.html"),
+                       ("verdicts", "verdicts.csv")):
         assert written[kind].read_bytes() == (REFERENCE / name).read_bytes(), name
 
 
 def test_the_committed_references_are_found():
     names = {str(p.relative_to(ROOT / "results" / "reference")) for p in REFERENCES}
-    assert {"compare-cpu", "compare-cpu-2026-11-23", "protocol-cpu", "gpu-h200/compare"} <= names
+    assert {"compare-cpu", "compare-cpu-2026-11-23", "protocol-cpu", "protocol-cpu-2026-11-27",
+            "gpu-h200/compare"} <= names
 
 
 @pytest.mark.parametrize("folder", REFERENCES, ids=lambda p: p.name if p.parent.name == "reference" else
                          f"{p.parent.name}/{p.name}")
 def test_every_committed_reference_report_rebuilds_byte_identically(folder, tmp_path):
     written = build_report(folder / "runs", tmp_path / "report")
-    for kind, name in (("markdown", "report.md"), ("csv", "results.csv"), ("html", "index.html")):
+    for kind, name in (("markdown", "report.md"), ("csv", "results.csv"), ("html", "index.html"),
+                       ("verdicts", "verdicts.csv")):
         assert written[kind].read_bytes() == (folder / name).read_bytes(), f"{folder.name}/{name}"
 
 

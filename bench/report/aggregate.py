@@ -75,18 +75,23 @@ def short_sha(sha: str) -> str:
 
 # ---------------------------------------------------------------------------- paired comparisons
 
+FAMILY_MAJORITY = "vs majority"
+FAMILY_PAIRS = "pairs"
+ONE_SEED = ("1 seed: training randomness is not measured, so no verdict (the example-level interval is shown); "
+            "run 3 or more seeds")
+
+
 @dataclass
 class _Side:
-    """One side of a comparison: a row's validation examples (or the majority baseline's constant on them),
-    keyed by (seed, example id) and pooled over seeds."""
-    examples: dict[tuple[str, str], tuple]   # (seed, id) -> (reference, prediction, per-example score or None)
-    seeds: set[str]
+    """One side of a comparison: a row's validation examples per seed (or the majority baseline's constant
+    prediction on them)."""
+    by_seed: dict[str, dict[str, tuple]]     # seed -> example id -> (reference, prediction, per-example score)
     problems: list[tuple[str, str]]          # (seed, why it was left out)
 
 
 def _side(g: Group, majority: bool = False) -> _Side:
-    examples: dict[tuple[str, str], tuple] = {}
-    seeds, problems = set(), []
+    by_seed: dict[str, dict[str, tuple]] = {}
+    problems = []
     runs: dict[str, Run] = {}
     for run in sorted(g.runs, key=lambda r: (seed_key(r.seed), r.path)):
         runs.setdefault(text(run.seed), run)  # a re-run of a seed: the first by path is paired
@@ -99,15 +104,32 @@ def _side(g: Group, majority: bool = False) -> _Side:
         preds = [run.majority["prediction"]] * len(p.ids) if majority else p.predictions
         scores = p.scores.get(g.primary) if not majority else None
         scores = scores if scores is not None else [None] * len(p.ids)
-        examples.update(((seed, ident), example) for ident, example in zip(p.ids, zip(p.references, preds, scores)))
-        seeds.add(seed)
-    return _Side(examples, seeds, problems)
+        by_seed[seed] = dict(zip(p.ids, zip(p.references, preds, scores)))
+    return _Side(by_seed, problems)
+
+
+def _shared(mine: _Side, theirs: _Side) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(seeds both sides have, example ids every one of those runs has with the same reference, what was left
+    out): the ids are clusters, so an id counts only when every seed of both sides saw it."""
+    seeds = tuple(s for s in mine.by_seed if s in theirs.by_seed)
+    if not seeds:
+        return (), (), ""
+    first = mine.by_seed[seeds[0]]
+    runs = [side.by_seed[s] for s in seeds for side in (mine, theirs)]
+    ids = tuple(i for i, example in first.items()
+                if all(i in run and run[i][0] == example[0] for run in runs))
+    missing = {seed for seed, _ in mine.problems + theirs.problems}
+    left_out = [f"{len(missing)} seed(s) without predictions"] if missing else []
+    skipped = len(first) - len(ids)
+    left_out += [f"{skipped} examples without a matching id and reference in every run"] if skipped else []
+    return seeds, ids, " and ".join(left_out) + " left out" if left_out else ""
 
 
 def _comparisons(section: Section, requests: list[tuple[Group, Group | None]]) -> list[Comparison]:
-    """Each (a, b): row a minus row b (b None: the majority baseline) over validation examples, runs paired
-    by seed, examples by id, every seed's pairs pooled. Requests with the same example pairs share one
-    bootstrap (stats.paired_differences), which gives each the interval it would get alone."""
+    """Each (a, b): row a minus row b (b None: the majority baseline) on validation, runs paired by seed and
+    examples by id: the per-seed differences, their paired t (stats.seed_test) and the two-level bootstrap over
+    ids (stats.seed_paired_differences). Requests with the same seeds and ids share one bootstrap, which gives
+    each the result it would get alone. Verdicts are set later, per family (_correct)."""
     sides: dict[tuple[int, bool], _Side] = {}
 
     def side(g: Group, majority: bool = False) -> _Side:
@@ -120,55 +142,60 @@ def _comparisons(section: Section, requests: list[tuple[Group, Group | None]]) -
     for n, (a, b) in enumerate(requests):
         other = MAJORITY if b is None else b.label
         mine, theirs = side(a), side(a, True) if b is None else side(b)
-        common = mine.seeds & theirs.seeds
-        keys = tuple(k for k, v in mine.examples.items() if k[0] in common and k in theirs.examples
-                     and theirs.examples[k][0] == v[0])
-        if not keys:
+        seeds, ids, note = _shared(mine, theirs)
+        if not ids:
             problems = sorted({why for _, why in mine.problems + theirs.problems})
-            reason = problems[0] if problems and not common else "no seed in common" if not common \
+            reason = problems[0] if problems and not seeds else "no seed in common" if not seeds \
                 else "no example ids in common"
             results[n] = Comparison(other, reason=reason)
             continue
-        missing = {seed for seed, _ in mine.problems + theirs.problems}
-        left_out = [f"{len(missing)} seed(s) without predictions"] if missing else []
-        skipped = sum(1 for k in mine.examples if k[0] in common) - len(keys)
-        left_out += [f"{skipped} examples without a matching id and reference"] if skipped else []
-        frames.setdefault(keys, []).append((n, mine, theirs, " and ".join(left_out) + " left out" if left_out
-                                            else ""))
-    for keys, members in frames.items():
-        order: dict[int, _Side] = {}
+        frames.setdefault((seeds, ids), []).append((n, mine, theirs, note))
+    for (seeds, ids), members in frames.items():
+        order: dict[tuple[int, str], tuple[_Side, str]] = {}
         for _, mine, theirs, _ in members:
-            order.setdefault(id(mine), mine)
-            order.setdefault(id(theirs), theirs)
+            for s in (mine, theirs):
+                for seed in seeds:
+                    order.setdefault((id(s), seed), (s, seed))
         position = {key: i for i, key in enumerate(order)}
-        first = members[0][1]
-        refs = [first.examples[k][0] for k in keys]
-        sources = [[s.examples[k][1] for k in keys] for s in order.values()]
+        first = members[0][1].by_seed[seeds[0]]
+        refs = [first[i][0] for i in ids]
+        sources = [[s.by_seed[seed][i][1] for i in ids] for s, seed in order.values()]
+        others = [MAJORITY if requests[n][1] is None else requests[n][1].label for n, *_ in members]
         scores = None
         if not stats.has_closed_form(section.primary):
-            scores = [[s.examples[k][2] for k in keys] for s in order.values()]
+            scores = [[s.by_seed[seed][i][2] for i in ids] for s, seed in order.values()]
             if any(v is None for row in scores for v in row):
-                for n, *_ in members:
-                    results[n] = Comparison(MAJORITY if requests[n][1] is None else requests[n][1].label,
-                                            reason=f"{section.primary} is a corpus metric and the predictions "
-                                                   "files carry no per-example scores")
+                for (n, *_), other in zip(members, others):
+                    results[n] = Comparison(other, reason=f"{section.primary} is a corpus metric and the predictions "
+                                                          "files carry no per-example scores")
                 continue
-        pairs = [(position[id(mine)], position[id(theirs)]) for _, mine, theirs, _ in members]
-        seeds = len({k[0] for k in keys})
+        pairs = [[(position[(id(mine), seed)], position[(id(theirs), seed)]) for seed in seeds]
+                 for _, mine, theirs, _ in members]
         try:
-            found = stats.paired_differences(section.primary, refs, sources, pairs,
-                                             requests[members[0][0]][0].runs[0].metric_args, scores)
+            found = stats.seed_paired_differences(section.primary, refs, sources, pairs,
+                                                  requests[members[0][0]][0].runs[0].metric_args, scores)
         except ValueError as err:
             found = [str(err)] * len(members)
-        for (n, _, _, note), value in zip(members, found):
-            other = MAJORITY if requests[n][1] is None else requests[n][1].label
+        for (n, _, _, note), other, value in zip(members, others, found):
             if isinstance(value, str):
-                results[n] = Comparison(other, seeds=seeds, examples=len(keys), reason=value)
-            else:
-                diff, interval = value
-                results[n] = Comparison(other, diff, interval, seeds, len(keys),
-                                        stats.verdict(interval, section.maximise), note)
+                results[n] = Comparison(other, seeds=len(seeds), examples=len(ids), reason=value)
+                continue
+            test = stats.seed_test(value.per_seed)
+            results[n] = Comparison(
+                other, value.diff, value.interval, len(seeds), len(ids), stats.NA, note if test else
+                "; ".join(x for x in (ONE_SEED, note) if x), per_seed=value.per_seed, example_p=value.p,
+                seed_interval=test.interval if test else None, seed_p=test.p if test else None,
+                p=max(test.p, value.p) if test else value.p, seeds_needed=test.seeds_needed if test else None)
     return results
+
+
+def _correct(section: Section, family: str, tests: list[Comparison]) -> None:
+    """Holm over a family's p-values; a verdict needs 2 or more seeds (both tests agreeing: p is their maximum)."""
+    tested = [c for c in tests if c.p is not None]
+    for c, adjusted in zip(tested, stats.holm([c.p for c in tested])):
+        c.family, c.family_size, c.adjusted_p = family, len(tested), adjusted
+        if c.seed_p is not None:
+            c.verdict = stats.decide(c.diff, adjusted, section.maximise)
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -243,9 +270,14 @@ def _baseline(section: Section) -> Baseline | None:
 
 
 def _below_majority(section: Section, g: Group) -> bool:
-    """Not significantly better than the majority baseline; without predictions to test, not above its value."""
-    if g.vs_majority is not None and g.vs_majority.verdict != stats.NA:
-        return g.vs_majority.verdict != stats.BETTER
+    """Not significantly better than the majority baseline (family-corrected). With one seed there is no verdict,
+    and the row is flagged unless the example-level test alone says better; without predictions to test, unless
+    its mean is above the baseline's value."""
+    c = g.vs_majority
+    if c is not None and c.verdict != stats.NA:
+        return c.verdict != stats.BETTER
+    if c is not None and c.adjusted_p is not None and c.diff is not None:
+        return stats.decide(c.diff, c.adjusted_p, section.maximise) != stats.BETTER
     base, mean = section.baseline.value if section.baseline else None, g.values["mean"]
     return base is not None and mean is not None and (mean <= base if section.maximise else mean >= base)
 
@@ -274,13 +306,22 @@ def _fronts(section: Section) -> list[tuple[str, Group, Group]]:
     return candidates
 
 
+def _selected_on_dev(run: Run) -> bool:
+    selection = run.data.get("selection")
+    return isinstance(selection, dict) and selection.get("split", "dev") == "dev"
+
+
 def _flags(section: Section) -> None:
     all_shas = sorted({sha for g in section.groups for sha in g.shas})
     if len(all_shas) > 1:
         section.notes.append(f"the runs in this table come from {len(all_shas)} code versions "
                              f"({', '.join(map(short_sha, all_shas))}): rows may differ by more than the method")
+    variants = Counter((g.model, g.method) for g in section.groups)
     for g in section.groups:
-        if any(r.data.get("selection_biased") is True for r in g.runs):
+        # several configurations of one (model, method) scored on the split shown, none chosen on dev: the best
+        # of them is a maximum over noise (bench-protocol's finals carry their dev selection record)
+        compared_here = variants[(g.model, g.method)] > 1 and not all(_selected_on_dev(r) for r in g.runs)
+        if compared_here or any(r.data.get("selection_biased") is True for r in g.runs):
             g.flags.append(BIASED)
         if len(all_shas) > 1 or len(g.shas) > 1:
             g.flags.append("code " + ", ".join(map(short_sha, g.shas)) if g.shas else "code not recorded")
@@ -302,20 +343,34 @@ def aggregate(runs: list[Run]) -> list[Section]:
         section.baseline = _baseline(section)
         measured = [g for g in members if g.values["mean"] is not None]
         if section.baseline is not None:  # first every row against the baseline: it decides the flags
-            for g, c in zip(measured, _comparisons(section, [(g, None) for g in measured])):
+            found = _comparisons(section, [(g, None) for g in measured])
+            _correct(section, FAMILY_MAJORITY, found)
+            for g, c in zip(measured, found):
                 g.vs_majority = c
                 section.comparisons.append((g, c))
+                section.tests.append((g, c))
                 if _below_majority(section, g):
                     g.flags.append(BELOW_MAJORITY)
         section.best = _choose_best(section)
+        # every pair of rows is one family: the best row is chosen on the same data, so any pair may be shown
+        pairs = [(a, b) for i, a in enumerate(measured) for b in measured[i + 1:]]
+        found = _comparisons(section, pairs)
+        _correct(section, FAMILY_PAIRS, found)
+        tested = {(id(a), id(b)): c for (a, b), c in zip(pairs, found)}
+        section.tests += [(a, c) for (a, _), c in zip(pairs, found)]
+
+        def between(g: Group, h: Group) -> Comparison:
+            found = tested.get((id(g), id(h)))
+            return found if found is not None else tested[(id(h), id(g))].reversed(h.label)
+
         against_best = [g for g in measured if g is not section.best] if len(measured) > 1 else []
-        near = _fronts(section)
-        found = _comparisons(section, [(g, section.best) for g in against_best] + [(g, f) for _, g, f in near])
-        for g, c in zip(against_best, found):
-            g.vs_best = c
-            section.comparisons.append((g, c))
-        shown = {(id(g), id(section.best)) for g in against_best}
-        for (name, g, f), c in zip(near, found[len(against_best):]):
+        shown = set()
+        for g in against_best:
+            g.vs_best = between(g, section.best)
+            section.comparisons.append((g, g.vs_best))
+            shown.add((id(g), id(section.best)))
+        for name, g, f in _fronts(section):
+            c = between(g, f)
             if (id(g), id(f)) not in shown:  # the same pair can come up for both fronts and as the best
                 shown.add((id(g), id(f)))
                 section.comparisons.append((g, c))

@@ -1,4 +1,5 @@
-"""`bench-report`: turn every result.json under a results folder into report.md, index.html, results.csv.
+"""`bench-report`: turn every result.json under a results folder into report.md, index.html, results.csv and
+verdicts.csv (every paired test, machine-readable).
 
 The report is a pure function of the result files: runs are sorted, floats have fixed precision, the bootstrap
 has a fixed seed, paths are relative to the results folder and nothing reads the clock, so the same files always
@@ -12,13 +13,13 @@ import sys
 from pathlib import Path
 
 from bench.report.aggregate import aggregate
-from bench.report.csv_export import render_csv
+from bench.report.csv_export import render_csv, render_verdicts
 from bench.report.html import render_html
 from bench.report.markdown import render_markdown
 from bench.report.model import Report
 from bench.report.read import load_runs, load_serve_files
 
-REPORT_FILES = {"markdown": "report.md", "html": "index.html", "csv": "results.csv"}
+REPORT_FILES = {"markdown": "report.md", "html": "index.html", "csv": "results.csv", "verdicts": "verdicts.csv"}
 
 
 def collect(results_dir: Path) -> Report:
@@ -43,6 +44,7 @@ def build_report(results_dir: Path, out_dir: Path) -> dict:
     _write(paths["markdown"], render_markdown(report))
     _write(paths["html"], render_html(report))
     _write(paths["csv"], render_csv(report))
+    _write(paths["verdicts"], render_verdicts(report))
     return {**paths, "summary": report.summary()}
 
 

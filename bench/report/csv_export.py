@@ -68,3 +68,27 @@ def render_csv(report: Report) -> str:
                 command_text(r.data.get("overrides")), r.data.get("identity"), r.path]
         writer.writerow([_csv_value(v) for v in row])
     return buf.getvalue()
+
+
+VERDICT_COLUMNS = ["task", "metric", "family", "family_size", "row", "compared_with", "difference", "per_seed_differences",
+                   "seeds", "example_ids", "seed_ci_low", "seed_ci_high", "seed_p", "example_ci_low",
+                   "example_ci_high", "example_p", "p", "p_holm", "test", "verdict", "seeds_needed", "note"]
+TEST_NAME = ("paired t over per-seed differences and two-level bootstrap over example ids; "
+             "p = max of the two, Holm within the family")
+
+
+def render_verdicts(report: Report) -> str:
+    """verdicts.csv: every test of every section (both families), one row each, for notebooks and CI jobs.
+    per_seed_differences are in seed order, separated by spaces; empty cells: not computed."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(VERDICT_COLUMNS)
+    for section in report.sections:
+        for g, c in section.tests:
+            seed_ci, example_ci = c.seed_interval or (None, None), c.interval or (None, None)
+            row = [section.task, section.primary, c.family, c.family_size or None, g.label, c.other, c.diff,
+                   list(c.per_seed), c.seeds, c.examples, *seed_ci, c.seed_p, *example_ci, c.example_p, c.p,
+                   c.adjusted_p, TEST_NAME if c.diff is not None else None, c.verdict, c.seeds_needed,
+                   c.reason or None]
+            writer.writerow([_csv_value(v) for v in row])
+    return buf.getvalue()

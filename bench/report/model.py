@@ -114,14 +114,37 @@ class ServeFile:
 
 @dataclass
 class Comparison:
-    """A paired difference (this row minus `other`) of the primary metric over validation examples."""
+    """A paired difference (this row minus `other`) of the primary metric on validation: runs paired by seed,
+    examples by id. The verdict needs both the seed-level t and the example-level bootstrap (p = their larger
+    p-value), Holm-corrected over the family the comparison belongs to."""
     other: str                                   # what it is compared with: a row label or "majority baseline"
-    diff: float | None = None                    # on all pairs
-    interval: tuple[float, float] | None = None  # 95 % bootstrap interval
-    seeds: int = 0                               # seed-matched run pairs pooled
-    examples: int = 0                            # example pairs (all seeds)
+    diff: float | None = None                    # mean over seeds of the per-seed differences
+    interval: tuple[float, float] | None = None  # 95 % two-level bootstrap interval (example ids as clusters)
+    seeds: int = 0                               # seed-matched run pairs
+    examples: int = 0                            # example ids shared by every run of both rows
     verdict: str = "n/a"                         # better / worse / not distinguishable / n/a
-    reason: str = ""                             # why n/a
+    reason: str = ""                             # why n/a, or what was left out
+    per_seed: list[float] = field(default_factory=list)   # one difference per seed pair, seed order
+    example_p: float | None = None               # two-sided bootstrap p
+    seed_interval: tuple[float, float] | None = None     # 95 % paired t-interval over per-seed differences
+    seed_p: float | None = None                  # paired t p-value (n - 1 df); None below 2 seeds
+    p: float | None = None                       # max(seed_p, example_p): both tests must agree
+    adjusted_p: float | None = None              # Holm-adjusted within `family`
+    family: str = ""                             # the family of tests it was corrected with
+    family_size: int = 0
+    seeds_needed: int | None = None              # seeds for the t-interval to exclude 0 if mean and spread held
+
+    def reversed(self, other: str) -> "Comparison":
+        """The same comparison read the other way round (other minus this), against `other`."""
+        flip = {"better": "worse", "worse": "better"}
+
+        def neg(interval):
+            return (-interval[1], -interval[0]) if interval is not None else None
+
+        return Comparison(other, -self.diff if self.diff is not None else None, neg(self.interval), self.seeds,
+                          self.examples, flip.get(self.verdict, self.verdict), self.reason,
+                          [-d for d in self.per_seed], self.example_p, neg(self.seed_interval), self.seed_p, self.p,
+                          self.adjusted_p, self.family, self.family_size, self.seeds_needed)
 
 
 @dataclass
@@ -177,7 +200,8 @@ class Section:
     notes: list[str]
     baseline: Baseline | None = None
     best: Group | None = None
-    comparisons: list[tuple[Group, Comparison]] = field(default_factory=list)
+    comparisons: list[tuple[Group, Comparison]] = field(default_factory=list)  # shown under the table
+    tests: list[tuple[Group, Comparison]] = field(default_factory=list)  # every test of both families
     condition_keys: dict[Conditions, str] = field(default_factory=dict)  # "A", "B", ... when they differ
 
     @property

@@ -1,14 +1,24 @@
-"""Statistics for the report: intervals over seeds, metrics recomputed by name, paired bootstrap differences.
+"""Statistics for the report: intervals over seeds, metrics recomputed by name, and the paired tests that decide a
+verdict.
 
-Everything is deterministic: the bootstrap is scipy.stats.bootstrap with a fixed generator seed for every
-comparison (so one comparison does not depend on which others were made), percentile intervals and a fixed
-number of resamples. Metrics are numpy versions of the shipped `evaluate` modules, vectorised over resamples:
-accuracy and exact match as the mean of per-example scores; F1 and MCC from confusion matrices counted per
-resample; Pearson and Spearman (average ranks, counted per resample) on the resampled values.
+Seeds are the unit of replication. A comparison of two rows pairs their runs by seed and their examples by id,
+and a verdict needs two tests to agree (an intersection-union test: p = the larger of the two p-values):
+- the seed-level test: a paired t over the per-seed differences (n - 1 degrees of freedom), which measures
+  training randomness on this validation set; its small-sample behaviour is known (a bootstrap over 3 seeds has
+  10 distinct resamples and a far too narrow interval; an exact sign-flip test cannot reach 5 % below 5 seeds);
+- the example-level test: a two-level percentile bootstrap that resamples example ids as clusters (every seed
+  of an id together), computes the metric per seed on the resample (corpus metrics too: F1, MCC, correlations,
+  BLEU) and averages over seeds, so its point value is the difference of the table's means.
+Each table's family of tests is then Holm-corrected (`holm`). Everything is deterministic: one generator seed
+for every comparison, resampling in batches whose size depends on the number of examples only, so a comparison
+does not depend on which others were made. Metrics are numpy versions of the shipped `evaluate` modules,
+vectorised over resamples: accuracy and exact match as the mean of per-example scores; F1 and MCC from confusion
+matrices counted per resample; Pearson and Spearman (average ranks, counted per resample) on the resampled
+values; BLEU from sacrebleu's per-sentence statistics summed per resample.
 """
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -136,7 +146,7 @@ PER_EXAMPLE = ("accuracy", "exact_match")
 def has_closed_form(metric: str) -> bool:
     """Whether the metric can be recomputed here from predictions and references alone."""
     name = canonical(metric)
-    return name in PER_EXAMPLE or name in CONFUSION or name in CORRELATION
+    return name in PER_EXAMPLE or name in CONFUSION or name in CORRELATION or name == "bleu"
 
 
 def exact_match_one(prediction: Any, references: Any) -> bool:
@@ -193,6 +203,8 @@ def metric_value(metric: str, refs: list, preds: list, args: dict | None = None,
     if name in CORRELATION:
         rows, correlations = _correlation_rows(name, [refs, preds])
         return float(correlations(*rows)[0])
+    if name == "bleu":
+        return float(_bleu_from_sums(_bleu_statistics(preds, refs).sum(axis=-1)))
     raise ValueError(f"no per-example form for {metric}")
 
 
@@ -200,16 +212,21 @@ def metric_value(metric: str, refs: list, preds: list, args: dict | None = None,
 
 def _statistic(metric: str, refs: list, sources: list[list], pairs: list[tuple[int, int]], args: dict | None,
                scores: list[list] | None) -> tuple[list[np.ndarray], Callable, bool]:
-    """(rows, statistic(*rows, axis), degenerate): equal-length 1-D rows, resampled together (paired), and a
-    statistic giving the vector of metric(sources[i]) - metric(sources[j]) over `pairs` on a resample.
+    """(rows, statistic(*rows, axis), degenerate): rows share the example axis (last) and are resampled
+    together (paired); statistic gives the vector of metric(sources[i]) - metric(sources[j]) over `pairs`,
+    each source's metric computed on its own (so per seed when a source is one seed's run).
     degenerate: every resample gives the same vector (e.g. equal predictions)."""
     name = canonical(metric)
     first, second = [i for i, _ in pairs], [j for _, j in pairs]
     if scores is not None or name in PER_EXAMPLE:
         per = (np.asarray(scores, dtype=float) if scores is not None
                else np.stack([per_example(name, refs, preds) for preds in sources]).astype(np.int8))
-        rows = list(per[first] - per[second])  # per-example differences: their mean is the difference
-        return rows, lambda *d, axis=-1: np.stack([x.mean(axis=axis) for x in d]), all(np.ptp(r) == 0 for r in rows)
+
+        def mean_differences(per, axis=-1):
+            means = per.mean(axis=axis)
+            return means[first] - means[second]
+
+        return [per], mean_differences, all(np.ptp(per[i] - per[j]) == 0 for i, j in pairs)
     if name in CONFUSION:
         labels, codes = _confusion_codes(refs, *sources)
         k, fn, kwargs = len(labels), CONFUSION[name], dict(args or {})
@@ -227,40 +244,169 @@ def _statistic(metric: str, refs: list, sources: list[list], pairs: list[tuple[i
             return r[first] - r[second]
 
         return rows, correlation_differences, all(np.array_equal(rows[i + 1], rows[j + 1]) for i, j in pairs)
+    if name == "bleu":
+        stats_rows = [_bleu_statistics(preds, refs) for preds in sources]
+
+        def bleu_differences(*rows, axis=-1):
+            values = np.stack([_bleu_from_sums(r.sum(axis=-1)) for r in rows])  # r: (10, ..., examples)
+            return values[first] - values[second]
+
+        return stats_rows, bleu_differences, all(np.array_equal(stats_rows[i], stats_rows[j]) for i, j in pairs)
     raise ValueError(f"no per-example form for {metric}")
+
+
+def _bleu_scorer():
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(tokenize="13a")  # the shipped metric's settings (sacrebleu defaults: 'exp' smoothing, order 4)
+
+
+def _bleu_statistics(preds: list, refs: list) -> np.ndarray:
+    """sacrebleu's per-sentence BLEU statistics (hypothesis length, closest reference length, matching and
+    total n-grams for n = 1..4) as (10, examples): their sums over any subset give that subset's corpus BLEU."""
+    from bench.metrics.bleu.bleu import reference_streams
+
+    lists = [list(r) if isinstance(r, (list, tuple)) else [r] for r in refs]
+    found = _bleu_scorer()._extract_corpus_statistics([str(p) for p in preds], reference_streams(lists))
+    return np.asarray(found, dtype=np.int64).T
+
+
+def _bleu_from_sums(sums: np.ndarray) -> np.ndarray:
+    """Corpus BLEU / 100 from summed statistics (10, ...), one value per trailing position, by sacrebleu's own
+    formula (so the value equals the shipped metric's)."""
+    scorer = _bleu_scorer()
+    flat = sums.reshape(sums.shape[0], -1).T
+    values = [min(scorer._compute_score_from_stats([int(v) for v in row]).score / 100.0, 1.0) for row in flat]
+    return np.asarray(values, dtype=float).reshape(sums.shape[1:])
+
+
+@dataclass(frozen=True)
+class Resampled:
+    """One comparison over seed-matched runs and shared example ids."""
+    diff: float                      # mean over seeds of the per-seed metric difference (= difference of means)
+    per_seed: list[float]            # metric(this seed's run) - metric(the other's), on the shared ids
+    interval: tuple[float, float]    # two-level percentile bootstrap interval (ids as clusters)
+    p: float                         # two-sided bootstrap p-value (share of resamples on the far side of 0)
+
+
+def seed_paired_differences(metric: str, refs: list, sources: list[list], comparisons: list[list[tuple[int, int]]],
+                            args: dict | None = None, scores: list[list] | None = None) -> list[Resampled]:
+    """For each comparison, a list of (i, j) source pairs, one per seed: metric(sources[i]) - metric(sources[j])
+    per seed, averaged over seeds, with a percentile bootstrap over example ids (every source resampled with
+    the same ids, so all seeds of an id stay together). All comparisons share one resampling, drawn in batches
+    whose size depends on the number of examples only, so each result is the one a call for it alone gives.
+    `scores`: per-example scores of each source for metrics scored per example elsewhere (e.g. ROUGE-L).
+    Raises ValueError when it cannot be done."""
+    n = len(refs)
+    if n < 2:
+        raise ValueError("fewer than 2 example pairs")
+    if not comparisons or any(not c for c in comparisons):
+        raise ValueError("a comparison without seed pairs")
+    flat = [pair for comparison in comparisons for pair in comparison]
+    rows, statistic, degenerate = _statistic(metric, refs, sources, flat, args, scores)
+    owner = np.repeat(np.arange(len(comparisons)), [len(c) for c in comparisons])
+    weights = np.zeros((len(comparisons), len(flat)))
+    weights[owner, np.arange(len(flat))] = 1.0 / np.bincount(owner)[owner]
+
+    per_pair = np.asarray(statistic(*rows, axis=-1), dtype=float)
+    diffs = weights @ per_pair
+    if degenerate:  # nothing varies between resamples
+        distribution = np.repeat(diffs[:, None], N_RESAMPLES, axis=1)
+    else:
+        rng, batch, parts = np.random.default_rng(BOOTSTRAP_SEED), max(1, _BATCH_CELLS // n), []
+        for start in range(0, N_RESAMPLES, batch):
+            index = rng.integers(0, n, size=(min(batch, N_RESAMPLES - start), n))
+            resampled = np.asarray(statistic(*(row[..., index] for row in rows), axis=-1), dtype=float)
+            parts.append(np.tensordot(weights, resampled, axes=(1, 0)))
+        distribution = np.concatenate(parts, axis=1)
+    if not np.isfinite(distribution).all():
+        raise ValueError("the bootstrap interval is undefined")
+    tail = (1 - CONFIDENCE) / 2
+    lows, highs = np.quantile(distribution, [tail, 1 - tail], axis=1)
+    below, above = (distribution <= 0).sum(axis=1), (distribution >= 0).sum(axis=1)
+    pvalues = np.minimum(1.0, 2 * (np.minimum(below, above) + 1) / (N_RESAMPLES + 1))
+    per_seed = [[float(per_pair[k]) for k in np.flatnonzero(owner == c)] for c in range(len(comparisons))]
+    return [Resampled(float(d), ps, (float(lo), float(hi)), float(p))
+            for d, ps, lo, hi, p in zip(diffs, per_seed, lows, highs, pvalues)]
 
 
 def paired_differences(metric: str, refs: list, sources: list[list], pairs: list[tuple[int, int]],
                        args: dict | None = None, scores: list[list] | None = None
                        ) -> list[tuple[float, tuple[float, float]]]:
-    """For each pair (i, j): metric(sources[i]) - metric(sources[j]) on the same examples, with a 95 %
-    percentile bootstrap interval over examples (resampled with replacement, pairs kept together). All pairs
-    share one resampling, drawn in batches whose size depends on the number of examples only, so each
-    interval is the one a call for that pair alone gives. `scores`: per-example scores of each source for
-    metrics scored per example elsewhere (e.g. ROUGE-L). Raises ValueError when it cannot be done."""
-    n = len(refs)
-    if n < 2:
-        raise ValueError("fewer than 2 example pairs")
-    rows, statistic, degenerate = _statistic(metric, refs, sources, pairs, args, scores)
-    diffs = [float(d) for d in statistic(*rows, axis=-1)]
-    if degenerate:  # nothing varies between resamples
-        return [(d, (d, d)) for d in diffs]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap(rows, statistic, paired=len(rows) > 1, vectorized=True, axis=-1,
-                              n_resamples=N_RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
-                              batch=max(1, _BATCH_CELLS // n), random_state=np.random.default_rng(BOOTSTRAP_SEED))
-    lows, highs = (np.atleast_1d(np.asarray(v, dtype=float)) for v in res.confidence_interval)
-    if not (np.isfinite(lows).all() and np.isfinite(highs).all()):
-        raise ValueError("the bootstrap interval is undefined")
-    return [(d, (float(lo), float(hi))) for d, lo, hi in zip(diffs, lows, highs)]
+    """One seed's runs: metric(sources[i]) - metric(sources[j]) per pair with its 95 % bootstrap interval over
+    examples (see seed_paired_differences)."""
+    found = seed_paired_differences(metric, refs, sources, [[pair] for pair in pairs], args, scores)
+    return [(r.diff, r.interval) for r in found]
 
 
 def paired_difference(metric: str, refs: list, preds_a: list, preds_b: list, args: dict | None = None,
                       scores: tuple[list, list] | None = None) -> tuple[float, tuple[float, float]]:
-    """metric(a) - metric(b) with its 95 % bootstrap interval (see paired_differences)."""
+    """metric(a) - metric(b) with its 95 % bootstrap interval (see seed_paired_differences)."""
     return paired_differences(metric, refs, [preds_a, preds_b], [(0, 1)], args,
                               list(scores) if scores is not None else None)[0]
+
+
+# ---------------------------------------------------------------------------- over seeds, and families
+
+@dataclass(frozen=True)
+class SeedTest:
+    """A paired t over per-seed differences."""
+    mean: float
+    interval: tuple[float, float]
+    p: float
+    seeds_needed: int | None   # seeds for this interval to exclude 0 if mean and spread held; None: no difference
+
+
+def seed_test(per_seed: list[float], confidence: float = CONFIDENCE) -> SeedTest | None:
+    """Student-t test of mean(per_seed) = 0 with n - 1 degrees of freedom; None below 2 seeds. Equal
+    differences (no spread) give a zero-width interval: p = 0 unless they are all 0."""
+    n = len(per_seed)
+    if n < 2:
+        return None
+    x = np.asarray(per_seed, dtype=float)
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    if sd == 0 or sd < 1e-12 * max(1.0, abs(mean)):
+        return SeedTest(mean, (mean, mean), 0.0 if mean != 0 else 1.0, n if mean != 0 else None)
+    t_value = mean / (sd / np.sqrt(n))
+    p = float(2 * stats.t.sf(abs(t_value), n - 1))
+    return SeedTest(mean, t_interval(per_seed, confidence), p, seeds_needed(mean, sd, confidence))
+
+
+MAX_SEEDS = 1000
+
+
+def seeds_needed(mean: float, sd: float, confidence: float = CONFIDENCE) -> int | None:
+    """The smallest number of seeds whose t-interval half-width is below |mean| for this spread: a planning
+    figure (it takes the observed mean and spread as true), None when mean is 0 or more than MAX_SEEDS."""
+    if mean == 0:
+        return None
+    for n in range(2, MAX_SEEDS + 1):
+        if float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n) < abs(mean):
+            return n
+    return None
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the k-th smallest p times (m - k + 1), made monotone, capped at 1. Rejecting
+    where the adjusted p <= alpha controls the family-wise error rate at alpha for any dependence."""
+    m = len(pvalues)
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: (pvalues[i], i))):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+ALPHA = 1 - CONFIDENCE
+
+
+def decide(diff: float, adjusted_p: float | None, maximise: bool = True, alpha: float = ALPHA) -> str:
+    """Plain words for a difference (this minus the other) whose family-adjusted p-value is given."""
+    if adjusted_p is None:
+        return NA
+    if adjusted_p > alpha or diff == 0:
+        return SAME
+    return BETTER if (diff > 0) == maximise else WORSE
 
 
 def verdict(interval: tuple[float, float], maximise: bool = True) -> str:

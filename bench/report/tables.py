@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from bench.report import aggregate as agg
+from bench.report import stats
 from bench.report.fmt import (DASH, command_text, fmt_bytes, fmt_count, fmt_interval, fmt_metric, fmt_pct,
                               fmt_plain, fmt_rate, fmt_seconds, fmt_signed, num, one_line, text)
 from bench.report.model import Cell, Conditions, Group, Run, Section, Table, Unreadable, cells
@@ -14,11 +15,15 @@ from bench.report.model import Cell, Conditions, Group, Run, Section, Table, Unr
 Block = tuple[str, Any]
 
 LEGEND = ("Metric: mean ± sample standard deviation (ddof=1) over finished runs, and the 95 % t-interval of the "
-          "mean over seeds (n/a for one seed); n counts the runs. Vs best and vs majority: the paired difference "
-          "of the primary metric over validation examples (runs paired by seed, examples by id, the seeds' pairs "
-          "pooled) with a 95 % percentile bootstrap interval (2000 resamples, fixed seed): better or worse when "
-          "the interval excludes 0, else not distinguishable; details below each table. The best row is the "
-          "highest mean among rows that beat the majority baseline. Other columns are means over the same runs. "
+          "mean over seeds (n/a for one seed); n counts the runs. Vs best and vs majority: the verdict on the paired "
+          "difference of the primary metric on validation (runs paired by seed, examples by id). Seeds are the unit "
+          "of replication: better or worse needs both a paired t over the per-seed differences (n - 1 degrees of "
+          "freedom) and a two-level bootstrap over example ids (all seeds of an id resampled together; the metric "
+          "computed per seed, then averaged; 2000 resamples, fixed seed) to exclude 0, with the larger of their two "
+          "p-values Holm-corrected over the table's family of tests (every row vs majority; every pair of rows); "
+          "else not distinguishable. One seed gives no verdict. Details below each table and in verdicts.csv. The "
+          "best row is the highest mean among rows that beat the majority baseline. Other columns are means over "
+          "the same runs. "
           "**Bold**: best in its column (metric and throughput highest; parameters, bytes, memory and time "
           "lowest); throughput, memory and time are compared only between rows run under the same conditions. "
           "Memory (added): memory the run added above its level at the start of each phase (the largest over "
@@ -30,8 +35,9 @@ LEGEND = ("Metric: mean ± sample standard deviation (ddof=1) over finished runs
 FLAG_NOTES = {
     agg.BELOW_MAJORITY: "not significantly better than the majority baseline (without predictions to test: a "
                         "mean not above it); never ranked best or bold, not on the Pareto fronts",
-    agg.BIASED: "its configuration was chosen by a search scored on the validation split shown here, so the "
-                "figure is an optimistic maximum",
+    agg.BIASED: "its configuration was chosen on the validation split shown here (a search scored on it, or "
+                "several configurations of the same model and method shown side by side without a dev selection "
+                "record), so the best of them is an optimistic maximum",
     agg.DIRTY: "the code had uncommitted changes when a run started",
     agg.MIXED_CONDITIONS: "its runs ran under different conditions; its throughput, memory and time are not "
                           "compared",
@@ -137,13 +143,47 @@ def section_table(section: Section) -> Table:
         "vs best", "vs majority", "conditions", "Pareto (params)", "Pareto (bytes)", "flags")})
 
 
+def _per_seed_text(c) -> str:
+    return ", ".join(f"{d:+.3f}" for d in c.per_seed) if c.per_seed else DASH
+
+
+def _p_text(p: float | None) -> str:
+    return DASH if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _verdict_text(c) -> str:
+    if c.verdict == stats.SAME and c.seeds_needed is not None and c.seeds_needed > c.seeds:
+        return f"{c.verdict} (≈ {c.seeds_needed} seeds would separate it)"
+    if c.verdict == stats.SAME and c.seed_p is not None and c.seeds_needed is None and c.diff:
+        return f"{c.verdict} (> {stats.MAX_SEEDS} seeds)"
+    return c.verdict
+
+
 def comparisons_table(section: Section) -> Table:
     rows = []
     for g, c in section.comparisons:
-        rows.append(cells(g.label, c.other, fmt_signed(c.diff), fmt_interval(c.interval, signed=True),
-                          str(c.seeds), fmt_count(c.examples), c.verdict, c.reason or DASH))
-    return Table(["row", "compared with", f"difference in {section.primary}", "95% CI (bootstrap)", "seed pairs",
-                  "example pairs", "verdict", "note"], rows, {2, 3, 4, 5})
+        rows.append(cells(g.label, c.other, fmt_signed(c.diff), _per_seed_text(c),
+                          fmt_interval(c.seed_interval, signed=True), fmt_interval(c.interval, signed=True),
+                          fmt_count(c.examples), _p_text(c.adjusted_p), _verdict_text(c), c.reason or DASH))
+    return Table(["row", "compared with", f"difference in {section.primary}", "per seed",
+                  "95% CI over seeds (t)", "95% CI over examples (bootstrap)", "example ids", "p (Holm)", "verdict",
+                  "note"], rows, {2, 4, 5, 6, 7})
+
+
+def families_text(section: Section) -> str:
+    """Which tests were corrected together, and how."""
+    sizes: dict[str, int] = {}
+    for _, c in section.tests:
+        if c.family:
+            sizes[c.family] = c.family_size
+    if not sizes:
+        return ""
+    names = {agg.FAMILY_MAJORITY: "every row against the majority baseline",
+             agg.FAMILY_PAIRS: "every pair of rows (the vs-best and Pareto comparisons shown are among them)"}
+    parts = [f"{names.get(f, f)} ({n} test{'s' if n != 1 else ''})" for f, n in sorted(sizes.items())]
+    return ("Families of tests, each Holm-corrected at 5 %: " + "; ".join(parts) + ". p (Holm) is the adjusted "
+            "larger p-value of the paired t over seeds and the bootstrap over examples; \"≈ N seeds\" is how many "
+            "seeds the t-interval would need to exclude 0 if the observed mean difference and spread held.")
 
 
 def conditions_blocks(section: Section) -> list[Block]:
@@ -223,7 +263,8 @@ def section_blocks(section: Section) -> list[Block]:
     if section.comparisons and len(reasons) == 1 and all(c.verdict == "n/a" for _, c in section.comparisons):
         blocks.append(("note", f"no paired comparison could be made: {reasons.pop()}"))
     elif section.comparisons:
-        blocks += [("h3", "Paired differences on validation examples"), ("table", comparisons_table(section))]
+        blocks += [("h3", "Paired differences on validation (seeds and examples)"), ("table", comparisons_table(section))]
+        blocks += [("p", families_text(section))] if families_text(section) else []
     selection = selection_table(section)
     if selection is not None:
         blocks += [("h3", "How each row was selected"), ("table", selection)]
