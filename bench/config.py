@@ -190,12 +190,21 @@ def _check_rules(node: DictConfig, cls: type, prefix: str = "") -> None:
             _check_rules(value, inner, f"{prefix}{f.name}.")
 
 
+# the choice scores a decoder multiple-choice task records beside `accuracy`, and the task.scoring that picks each
+MC_SCORINGS = {"accuracy_sum": "sum", "accuracy_mean": "mean", "accuracy_per_token": "per_token", "acc_norm": "acc_norm"}
+
+
 def _check_config(cfg: DictConfig) -> None:
     """Rules between keys."""
     from bench import metrics
 
     t, method, tr = cfg.task, cfg.method, cfg.trainer
     known = metrics.available()
+    for key, names in (("task.metrics", list(t.metrics)), ("task.primary_metric", [t.primary_metric])):
+        for name in names:  # recorded beside `accuracy`, not metrics of their own (bench/shapes/multiple_choice.py)
+            _require(name not in MC_SCORINGS, key,
+                     f"{name!r} is a decoder multiple-choice scoring, recorded beside accuracy; keep accuracy and "
+                     f"set task.scoring={MC_SCORINGS.get(name)} to make it the one `accuracy` reports")
     for name in t.metrics:
         _require(name in known, "task.metrics", f"unknown metric {name!r}; shipped metrics: {', '.join(known)}")
     _require(t.primary_metric in t.metrics, "task.primary_metric",
@@ -222,17 +231,64 @@ def offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+HUB_TIMEOUT_S = 2.0  # a missing data folder on an offline machine fails in seconds, not after the hub's retries
+
+
+def hub_address() -> tuple[str, int]:
+    """Where a hub request first connects: the HTTPS proxy when one is set, else HF_ENDPOINT (huggingface.co)."""
+    from urllib.parse import urlsplit
+
+    url = (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+           or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    return parts.hostname or "huggingface.co", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+@lru_cache(maxsize=None)
+def _opens(host: str, port: int, timeout: float) -> bool:
+    import socket
+    import threading
+
+    opened: list[bool] = []
+
+    def attempt() -> None:  # name resolution has no timeout of its own: the thread bounds it
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub opens within `timeout` seconds (one check per process)."""
+    return _opens(*hub_address(), timeout)
+
+
 def _check_data(cfg: DictConfig) -> None:
-    """The task's local files exist, or its hub dataset may be tried (a hub id and no offline flag)."""
+    """The task's local files exist, or its hub dataset may be tried (a hub id, no offline flag, and the hub
+    answers within HUB_TIMEOUT_S: otherwise `datasets` would retry for about 35 s before failing)."""
     t = cfg.task
     files = data_files(t, cfg.paths.data_dir)
     missing = [str(p) for p in files.values() if not p.is_file()]
-    if (files and not missing) or (t.hub is not None and not offline()):
+    if files and not missing:
+        return
+    if t.hub is not None and not offline() and hub_reachable():
         return
     _require(t.files is not None or t.hub is not None, "task.files / task.hub",
              f"task {t.name} names neither local files nor a hub dataset")
-    hub = "" if t.hub is None else \
-        f" and the hub dataset {t.hub.path} is not tried offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)"
+    if t.hub is None:
+        hub = ""
+    elif offline():
+        hub = f" and the hub dataset {t.hub.path} is not tried offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)"
+    else:
+        host, port = hub_address()
+        hub = (f" and the hub dataset {t.hub.path} cannot be reached ({host}:{port} did not answer within "
+               f"{HUB_TIMEOUT_S:g} s: offline?)")
     wanted = f"{schema.words(missing)} not found" if missing else "task.files is not set"
     holding = schema.words(list(t.files.values())) if t.files else "its JSONL files"
     raise ConfigError(f"paths.data_dir: task {t.name} has no local data ({wanted}){hub}. Set BENCH_DATA_DIR or "
@@ -264,7 +320,9 @@ def _check_method(cfg: DictConfig) -> None:
 
     from bench import methods, shapes
 
-    shapes.get(cfg.task.shape).check(cfg.task, cfg.model.kind)
+    shape = shapes.get(cfg.task.shape)
+    shape.check(cfg.task, cfg.model.kind)
+    shape.check_budget(cfg.task, cfg.model.kind, cfg.trainer.max_length)  # room for the prompt and the answer
     methods.get(method).check(cfg.model.kind, cfg.task.shape)
 
 

@@ -36,9 +36,18 @@ class Evaluation:
     tokens: int = 0
     peak_memory: dict = field(default_factory=dict)
 
+    def flop_rates(self, batch_size: int | None) -> tuple:
+        """(positions the model read per second, samples/s, samples per batch): what eval FLOPs and MFU count
+        (bench.measure.mfu_section). The input tokens, plus on generation tasks every generated token, each
+        read once (through the KV cache) to produce the next one; tokens_per_s stays the input tokens alone."""
+        read = None if self.tokens_per_s is None else self.tokens_per_s + (self.generate_tokens_per_s or 0.0)
+        return read, self.samples_per_s, batch_size
+
 
 def score(spec, predictions: list, references: list, extra: dict | None = None) -> dict:
-    """The task's metrics (shipped `evaluate` modules); `extra` predictions add `<metric>_<suffix>` keys."""
+    """The task's metrics (shipped `evaluate` modules). `extra` maps a name to other predictions, scored by the
+    same metrics: `{metric}_sum` records `accuracy_sum`; a name without `{metric}` is recorded as it is (for a
+    shape with one metric, e.g. lm-evaluation-harness's `acc_norm`)."""
     from bench import metrics
 
     args = spec.get("metric_args") or {}
@@ -46,9 +55,9 @@ def score(spec, predictions: list, references: list, extra: dict | None = None) 
     for name in spec.metrics:
         out = metrics.load(name).compute(predictions=predictions, references=references, **dict(args.get(name, {})))
         scores.update({k: float(v) for k, v in out.items()})
-    for suffix, preds in (extra or {}).items():
+    for template, preds in (extra or {}).items():
         for key, value in score(spec, preds, references).items():
-            scores[f"{key}_{suffix}"] = value
+            scores[template.format(metric=key)] = value
     return scores
 
 
@@ -103,6 +112,37 @@ def evaluate(model, shape, spec, pipeline, split_name: str, raw_split, dataset, 
         result.generated_tokens = generated
         result.generate_tokens_per_s = generated / meter.elapsed if meter.elapsed > 0 else None
     return result
+
+
+@torch.inference_mode()
+def split_loss(model, pipeline, dataset, *, batch_size: int, accelerator, guard=None) -> float | None:
+    """The training loss on one split (`pipeline.loss` on `pipeline.train_collate` batches), averaged over its
+    loss terms: per target token on causal-LM batches, per row where each row has one label (encoder
+    classification, regression, multiple choice). Run apart from `evaluate`, so eval throughput is unchanged;
+    bench-protocol breaks ties of the dev score with it. None when the split has no loss term."""
+    device = accelerator.device
+    model.eval()
+    order = batching.eval_batches(list(dataset["length"]), batch_size)
+    total, terms = 0.0, 0
+    for batch in _loader(dataset, order, pipeline.train_collate):
+        if guard is not None:
+            guard.check("evaluate")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        n = _loss_terms(batch["labels"])
+        if n == 0:  # a batch whose targets were all cut: its loss is NaN and weighs nothing
+            continue
+        with accelerator.autocast():
+            total += float(pipeline.loss(model, batch)) * n
+        terms += n
+    return total / terms if terms else None
+
+
+def _loss_terms(labels: torch.Tensor) -> int:
+    """How many terms a batch's mean loss averages: target tokens of a causal-LM batch (labels shifted by one,
+    -100 ignored, as transformers computes it), else one per row."""
+    if labels.dim() == 2 and not labels.is_floating_point():
+        return int((labels[:, 1:] != -100).sum())
+    return int(labels.shape[0])
 
 
 def save_predictions(folder: Path, evaluation: Evaluation, primary_metric: str) -> str:

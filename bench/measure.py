@@ -694,7 +694,7 @@ def mfu_section(profile: FlopProfile, *, device: torch.device, device_name: str,
             "linear-layer matmuls (" + ("rows and input-gradient needs read from the model by forward hooks"
                                         if profile.probed else "structural upper bound, the model was not probed")
             + "): per row 2N forward, +2N weight gradient when trained, +2N input gradient when the input "
-            "depends on a trained parameter; rows = processed positions (real tokens + "
-            f"{virtual_positions} virtual per sample), or per sample (pooled heads, prefix projection), or "
+            "depends on a trained parameter; rows = processed positions (real tokens, in evaluation of a "
+            f"generation task the generated ones too, + {virtual_positions} virtual per sample), or per sample (pooled heads, prefix projection), or "
             f"per batch (P-tuning's prompt encoder); attention scores not counted; peak = {where}"),
     }

@@ -45,8 +45,8 @@ class Selection(TypedDict, total=False):
     direction: str
     search: dict[str, Any]           # mode, space, n_trials, seed (+ sampler)
     tie_break: str
-    trials: list[dict[str, Any]]     # index, values, overrides, run, identity, status, dev_score
-    winner: dict[str, Any] | None    # index, values, dev_score, run, identity
+    trials: list[dict[str, Any]]     # index, values, overrides, run, identity, status, dev_score, dev_loss
+    winner: dict[str, Any] | None    # index, values, dev_score, dev_loss, run, identity
 
 
 class Seeds(TypedDict):
@@ -86,10 +86,26 @@ class Budget(TypedDict):
     train_rows: int
 
 
+class SplitTruncation(TypedDict):
+    """What trainer.max_length cut in one split (bench.shapes.base.truncation_counts): its tokenised rows, the rows
+    whose input or target lost tokens, and how many. A row's input tokens are those its most-cut sequence lost
+    (a multiple-choice row's context counts once, not once per choice); decoder prompts are cut from the left."""
+    rows: int
+    truncated_rows: int              # input or (train split) target cut
+    truncated_fraction: float        # truncated_rows / rows (the report flags > 1 %)
+    dropped_tokens: int              # input tokens left out, summed over rows
+    truncated_target_rows: NotRequired[int]   # generation, train split: targets cut at max_length // 2
+    dropped_target_tokens: NotRequired[int]
+    shots_shown_min: NotRequired[int]         # hard prompt with demonstrations: whole ones dropped to fit
+    shots_shown_mean: NotRequired[float]
+    rows_with_fewer_shots: NotRequired[int]   # rows shown fewer than method.shots
+
+
 class LossCurve(TypedDict):
     every_steps: int
     first_step: int
     loss: list[float]
+    tokens_seen: NotRequired[list[int]]  # real tokens trained on up to each logged step (W&B: train/tokens_seen)
 
 
 class Throughput(TypedDict):
@@ -172,7 +188,9 @@ class Adaptation(TypedDict, total=False):
     ranks: dict[str, int]
     rank_pattern: Any
     # hard prompt
-    shots: int
+    shots: int                       # asked for (method.shots)
+    shots_shown_min: int             # shown, over the evaluated rows (whole demonstrations dropped to fit)
+    shots_shown_mean: float
     instruction: bool
     demonstration_rows: list[Any]
     prompt_chars: int
@@ -214,6 +232,22 @@ class Time(TypedDict):
     train_s: float
     eval_s: float
     total_s: float
+
+
+class Energy(TypedDict):
+    """Energy of the train and eval phases from a measured counter (bench.energy): NVML on NVIDIA GPUs, RAPL on
+    CPUs; `source` None (and `note` says why) where there is no readable counter. bench never writes
+    "estimated": the value is reserved for figures not read from a counter, which must never pass as measured."""
+    source: Literal["nvml", "rapl", "estimated"] | None
+    train_j: float | None            # None: nothing trained, or no counter
+    eval_j: float | None             # every evaluated split (and the dev-loss pass when dev is scored)
+    j_per_1k_train_tokens: float | None   # train_j per 1,000 real tokens of the measured steps (warm-up included)
+    j_per_1k_eval_examples: float | None  # eval_j per 1,000 evaluated rows (all splits)
+    train_tokens: int | None
+    eval_examples: int | None
+    domains: list[str]               # the counters summed (RAPL zones, the GPU's name)
+    scope: str | None                # what the counter covers: the whole device, every process on it
+    note: str | None                 # why there is no figure, or what went wrong reading one
 
 
 Env = TypedDict("Env", {
@@ -263,11 +297,15 @@ class Result(TypedDict):
     data: NotRequired[Annotated[DataSource, FINISHED]]
     params: NotRequired[Annotated[Params, FINISHED, MIRRORED]]
     budget: NotRequired[Annotated[Budget, FINISHED]]
+    truncation: NotRequired[Annotated[dict[str, SplitTruncation], FINISHED]]  # train (when trained), dev, validation
     metrics_before_training: NotRequired[Metrics]
     resumed_from_step: NotRequired[int]
     train_loss_curve: NotRequired[LossCurve]
     metrics: NotRequired[Annotated[Metrics, MIRRORED]]        # validation split (absent when only dev is scored)
     dev_metrics: NotRequired[Annotated[Metrics, MIRRORED]]    # dev split (trainer.dev_samples)
+    # the training loss on dev (bench.evaluation.split_loss: per target token on causal-LM shapes, per row
+    # otherwise); written when dev is evaluated; bench-protocol breaks ties of the dev score with it
+    dev_loss: NotRequired[float]
     predictions: NotRequired[Annotated[PredictionFiles, FINISHED]]
     baselines: NotRequired[Baselines]
     samples: NotRequired[list[Sample]]
@@ -276,6 +314,7 @@ class Result(TypedDict):
     throughput: NotRequired[Annotated[Throughput, FINISHED, MIRRORED]]
     memory: NotRequired[Annotated[Memory, FINISHED, MIRRORED]]
     time: NotRequired[Annotated[Time, FINISHED, MIRRORED]]
+    energy: NotRequired[Annotated[Energy, FINISHED, MIRRORED]]
     env: NotRequired[Annotated[Env, FINISHED]]
     conditions: NotRequired[Annotated[Conditions, FINISHED]]
     # how a run that did not finish ended

@@ -145,6 +145,26 @@ def prepare(cfg: DictConfig, eval_splits: list[str] | None = None) -> Prepared:
     return Prepared(data, shape, pipeline, tokenizer, adapted, train_ds, train_lengths, eval_sets, total_steps, epochs)
 
 
+def truncation_section(cfg: DictConfig, prep: Prepared, trained: bool) -> dict:
+    """result.json `truncation`: per split trained on (train) or evaluated (dev, validation), the rows whose input
+    or target was cut to trainer.max_length and the tokens dropped (bench.shapes.base.truncation_counts); printed
+    when any row was cut."""
+    from bench.shapes.base import truncation_counts
+
+    shots = cfg.method.get("shots") if cfg.method.name == "hard_prompt" else None
+    splits = ({"train": prep.train_ds} if trained else {}) | prep.eval_sets
+    section = {name: truncation_counts(ds, trained=name == "train", shots=shots) for name, ds in splits.items()}
+    for name, counts in section.items():
+        if counts["truncated_rows"] or counts.get("rows_with_fewer_shots"):
+            fewer = f"; {counts['rows_with_fewer_shots']} shown fewer than {shots} shots " \
+                    f"(min {counts['shots_shown_min']})" if counts.get("rows_with_fewer_shots") else ""
+            print(f"bench: {name}: {counts['truncated_rows']} of {counts['rows']} rows cut to trainer.max_length="
+                  f"{cfg.trainer.max_length} ({counts['dropped_tokens']} input tokens"
+                  f"{', %d target tokens' % counts['dropped_target_tokens'] if 'dropped_target_tokens' in counts else ''}"
+                  f" dropped){fewer}")
+    return section
+
+
 def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger, guard: PreemptionGuard) -> None:
     from transformers import set_seed
 
@@ -167,6 +187,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
                         "trainable_percent": 100.0 * trainable / total if total else 0.0}
     result["budget"] = {"epochs": prep.epochs, "steps": prep.total_steps if trainable > 0 else 0,
                         "train_rows": len(prep.data.train)}
+    result["truncation"] = truncation_section(cfg, prep, trained=trainable > 0)
 
     def evaluate(split: str):
         return evaluation.evaluate(adapted.model.to(accelerator.device), shape, t, pipeline, split,
@@ -186,7 +207,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         with Checkpointer(out / "checkpoints", tr.get("checkpoint_every"), guard=guard) as checkpointer:
             train_stats = train.train(adapted.model, prep.train_ds, order, prep.train_lengths, pipeline.train_collate,
                                       lr=cfg.method.lr, trainer_cfg=tr, accelerator=accelerator, on_log=logger.log,
-                                      checkpointer=checkpointer, loss_fn=pipeline.loss,
+                                      checkpointer=checkpointer, loss_fn=adapted.training_loss(pipeline.loss),
                                       step_hooks=adapted.step_hooks)
         if not accelerator.is_main_process:
             return  # rank 0 evaluates, saves and records
@@ -200,6 +221,9 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
     try:
         guard.check("evaluate", step=train_stats.steps)
         evaluations = {split: evaluate(split) for split in prep.eval_sets}
+        # the training loss on dev: bench-protocol's tie-break between equal dev scores
+        dev_loss = evaluation.split_loss(adapted.model, pipeline, prep.eval_sets["dev"], batch_size=tr.eval_batch_size,
+                                         accelerator=accelerator, guard=guard) if "dev" in prep.eval_sets else None
     except Preempted as err:  # keep the trained weights: the same command resumes straight to evaluation
         saved = checkpointer.save_final(adapted.model) if checkpointer is not None else None
         raise Preempted(train_stats.steps, saved, phase="evaluate", signal_name=err.signal_name) from None
@@ -207,6 +231,8 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
     for split, ev in evaluations.items():
         result["metrics" if split == "validation" else f"{split}_metrics"] = ev.metrics
         result["predictions"][split] = evaluation.save_predictions(out, ev, t.primary_metric)
+    if dev_loss is not None:
+        result["dev_loss"] = dev_loss
     constant = shape.baseline(t, prep.data.train)
     if constant is not None:  # the majority class (or the train mean): what a model must beat
         majority = {"prediction": constant}
@@ -220,6 +246,11 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         result["samples"] = [{"id": ev.ids[i], "output": outputs[i], "prediction": ev.predictions[i],
                               "reference": ev.references[i]} for i in range(min(5, len(ev.ids)))]
     facts = adapted.facts()
+    shown = [result["truncation"][s] for s in evaluations if "shots_shown_min" in result["truncation"].get(s, {})]
+    if shown:  # a hard prompt's demonstrations actually shown, over the evaluated rows (facts.shots: asked for)
+        rows = sum(c["rows"] for c in shown)
+        facts["shots_shown_min"] = min(c["shots_shown_min"] for c in shown)
+        facts["shots_shown_mean"] = sum(c["shots_shown_mean"] * c["rows"] for c in shown) / rows if rows else 0.0
     if facts:
         result["adaptation"] = facts
 
@@ -270,5 +301,5 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         virtual_positions=adapted.virtual_positions,
         train_rates=(train_stats.tokens_per_s, train_stats.samples_per_s,
                      per_batch(train_stats.samples, train_stats.steps)) if trainable > 0 else None,
-        eval_rates=(eval_stats.tokens_per_s, eval_stats.samples_per_s, tr.eval_batch_size),
+        eval_rates=eval_stats.flop_rates(tr.eval_batch_size),  # generation: + the generated tokens
         processes=accelerator.num_processes))

@@ -108,7 +108,8 @@ class TaskConfig:
     context_template: Optional[str] = None
     choice_fields: Optional[List[str]] = None
     choices_field: Optional[str] = None
-    scoring: str = one_of("sum", "mean", default="mean")
+    # decoders: which choice score is `accuracy` (mean = per_token; acc_norm: per character, as lm-eval-harness)
+    scoring: str = one_of("sum", "mean", "per_token", "acc_norm", default="mean")
     # generation
     input_template: Optional[str] = None
     target_field: Optional[str] = None

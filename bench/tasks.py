@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bench import shapes
-from bench.config import ConfigError
+from bench.config import HUB_TIMEOUT_S, ConfigError, hub_address, hub_reachable, offline
 from bench.shapes import DataError
 
 SPLITS = ("train", "validation")
@@ -89,10 +89,13 @@ def load_task(spec: DictConfig, data_dir: str | None, trainer: DictConfig, cache
                for split, path in files.items()}
     elif spec.get("hub"):
         hub = spec.hub
+        wanted = f"{data_dir}/{spec.files.train}" if spec.get("files") else "local files"
         try:
+            if not offline() and not hub_reachable():  # fail in seconds, not after the hub client's retries
+                host, port = hub_address()
+                raise ConnectionError(f"{host}:{port} did not answer within {HUB_TIMEOUT_S:g} s (offline?)")
             raw = datasets.load_dataset(hub.path, hub.get("name"), cache_dir=cache_dir and str(Path(cache_dir) / "datasets"))
         except Exception as err:  # offline, unknown id...
-            wanted = f"{data_dir}/{spec.files.train}" if spec.get("files") else "local files"
             raise DataError(f"task {spec.name}: no local data ({wanted} not found) and the hub dataset "
                             f"{hub.path}/{hub.get('name')} could not be loaded: {err}. "
                             "Set BENCH_DATA_DIR or paths.data_dir to the folder holding the JSONL files.") from None

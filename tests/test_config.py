@@ -68,7 +68,10 @@ def test_wrong_type_is_refused_naming_key_and_type(compose, override, message):
     ("trainer.eval_split=test", "trainer.eval_split: must be validation, dev or both, got 'test'"),
     ("trainer.device=gpu", "trainer.device: must be auto, cpu or cuda, got 'gpu'"),
     ("task.shape=ranking", "task.shape: must be classification, regression, multiple_choice or generation"),
-    ("task=copa task.scoring=max", "task.scoring: must be sum or mean, got 'max'"),
+    ("task=copa task.scoring=max", "task.scoring: must be sum, mean, per_token or acc_norm, got 'max'"),
+    ("task=copa model=tiny-llama task.primary_metric=acc_norm",
+     "task.primary_metric: 'acc_norm' is a decoder multiple-choice scoring, recorded beside accuracy; keep accuracy "
+     "and set task.scoring=acc_norm"),
     ("task=gsm8k model=tiny-llama task.extract=first_number",
      "task.extract: must be last_number or none, got 'first_number'"),
     ("model.kind=seq2seq", "model.kind: must be encoder or decoder, got 'seq2seq'"),
@@ -153,6 +156,8 @@ def test_every_shipped_config_file_passes_the_schema(compose, group, name):
     overrides = [f"{group}={name}"]
     if group == "task":
         overrides.append(f"model={_model_for(name)}")
+        if _model_for(name) == "tiny-llama":  # room for the generated answer beside the prompt
+            overrides.append("trainer=quick-generation")
     if group == "method" and name == "hard_prompt":
         overrides.append("model=tiny-llama")
     typed = config.validate(compose(*overrides))
@@ -227,9 +232,54 @@ def test_missing_data_dir_offline_is_a_config_error_naming_the_files(compose, tm
 def test_missing_data_online_with_a_hub_dataset_is_allowed(compose, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(config, "hub_reachable", lambda *a, **k: True)
     config.validate(compose(f"paths.data_dir={tmp_path}"))  # the hub is tried when the run loads data
     message = _refused(compose(f"paths.data_dir={tmp_path}", "task.hub=null"))
     assert f"{tmp_path}/sst2/validation.jsonl not found" in message and "hub" not in message.split(".")[0]
+
+
+def test_missing_data_with_the_hub_unreachable_fails_fast_naming_the_files(compose, tmp_path, monkeypatch):
+    """No data and no network: one short connection attempt (not the hub client's ~35 s of retries), then
+    a config error naming the local files and BENCH_DATA_DIR."""
+    import socket
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    attempts = []
+
+    def refuse(address, timeout=None, *args, **kwargs):
+        attempts.append((address, timeout))
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    config._opens.cache_clear()
+    try:
+        empty = tmp_path / "no-data-here"
+        message = _refused(compose(f"paths.data_dir={empty}"))
+        _refused(compose(f"paths.data_dir={empty}", "seed=1"))  # a sweep's next job: no second attempt
+    finally:
+        config._opens.cache_clear()
+    assert attempts == [(("huggingface.co", 443), config.HUB_TIMEOUT_S)] and config.HUB_TIMEOUT_S <= 3
+    assert f"{empty}/sst2/train.jsonl" in message and "BENCH_DATA_DIR" in message
+    assert "nyu-mll/glue cannot be reached (huggingface.co:443" in message
+
+
+def test_load_task_does_not_call_the_hub_when_it_is_unreachable(compose, tmp_path, monkeypatch):
+    import datasets
+
+    from bench import tasks
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(tasks, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was tried"))
+    cfg = compose(f"paths.data_dir={tmp_path}")
+    with pytest.raises(tasks.DataError) as err:
+        tasks.load_task(cfg.task, cfg.paths.data_dir, cfg.trainer)
+    assert f"{tmp_path}/sst2/train.jsonl not found" in str(err.value) and "BENCH_DATA_DIR" in str(err.value)
+    assert "did not answer within 2 s" in str(err.value)
 
 
 # ------------------------------------------------------------------------------ identity

@@ -662,3 +662,42 @@ def test_loss_curve_equals_a_plain_pytorch_loop():
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     assert stats.losses == losses
+
+
+def test_generation_eval_flops_count_the_generated_tokens(compose, monkeypatch):
+    """Eval FLOPs and MFU of a generation task count the prompt tokens and every generated token (each is read
+    once to produce the next); eval_tokens_per_s stays the prompt tokens."""
+    from bench.evaluation import Evaluation
+    from bench.run import execute
+
+    profile = measure.FlopProfile(train_per_token=600.0, eval_per_token=200.0, train_per_sample=0.0,
+                                  eval_per_sample=20.0, virtual_positions=0)
+
+    def eval_mfu(generated_per_s):
+        ev = Evaluation("validation", [], [], [], [], {}, tokens_per_s=1e9, samples_per_s=1e7,
+                        generate_tokens_per_s=generated_per_s)
+        return measure.mfu_section(profile, device=torch.device("cuda"), device_name="NVIDIA H100 80GB HBM3",
+                                   precision="bf16", virtual_positions=0, train_rates=None,
+                                   eval_rates=ev.flop_rates(8))["eval_mfu"]
+
+    assert eval_mfu(None) == pytest.approx((200 * 1e9 + 20 * 1e7) / 989.4e12)           # scoring: inputs only
+    assert eval_mfu(5e8) == pytest.approx((200 * (1e9 + 5e8) + 20 * 1e7) / 989.4e12)    # + 0.5e9 generated/s
+    assert eval_mfu(1e9) > eval_mfu(5e8) > eval_mfu(None)
+
+    # a real generation run hands mfu_section the prompt + generated tokens per second
+    seen = {}
+    real = measure.mfu_section
+
+    def spy(profile, **kwargs):
+        seen.update(kwargs)
+        return real(profile, **kwargs)
+
+    monkeypatch.setattr(measure, "mfu_section", spy)
+    cfg = compose("task=e2e_nlg", "model=tiny-llama", "method=lora", "trainer.eval_samples=4",
+                  "task.generation.max_new_tokens=4", "trainer.train_samples=8")
+    result = execute(cfg)
+    assert result["status"] == "finished", result.get("error")
+    tput = result["throughput"]
+    assert tput["generated_tokens"] > 0
+    assert seen["eval_rates"][0] == pytest.approx(tput["eval_tokens_per_s"] + tput["generate_tokens_per_s"])
+    assert seen["eval_rates"][1:] == (tput["eval_samples_per_s"], cfg.trainer.eval_batch_size)

@@ -359,3 +359,44 @@ def test_apply_method_wrapper_matches_get_and_apply(compose):
     two = methods.get(cfg.method).apply(model, _context(cfg, tokenizer))
     a, b = one.model.prompt_encoder["default"].embedding.weight, two.model.prompt_encoder["default"].embedding.weight
     assert torch.equal(a, b) and one.virtual_positions == two.virtual_positions == 6
+
+
+@pytest.mark.parametrize("task", ["copa", "sst2"])  # loss outside the model (encoder multiple choice) / inside
+def test_adalora_orthogonal_regulariser_is_in_the_training_loss_of_every_shape(compose, task):
+    """The training loss is the task's cross-entropy plus orth_reg_weight x R, counted once, whether the shape
+    computes its loss outside the model (encoder multiple choice) or the model does (classification)."""
+    from bench import shapes, tasks
+
+    cfg = compose(f"task={task}", "method=adalora", "trainer.train_samples=8")
+    shape = shapes.get(cfg.task.shape)
+    tokenizer = _tokenizer(cfg)
+    torch.manual_seed(0)
+    model = models.load_model(cfg.model, cfg.task, tokenizer, cfg.paths.cache_dir)
+    adapted = methods.get(cfg.method).apply(model, _context(cfg, tokenizer))
+    model = adapted.model.eval()  # dropout off
+    pipeline = shape.pipeline(cfg.task, "encoder", tokenizer, cfg.trainer.max_length, "")
+    data = tasks.load_task(cfg.task, cfg.paths.data_dir, cfg.trainer)
+    ds = pipeline.tokenize(data.train.select(range(4)))
+    batch = pipeline.train_collate([ds[i] for i in range(4)])
+    labels = batch["labels"]
+
+    # R by hand: mean over the 2 layers x 2 modules' A (12 x 32) and B (32 x 12) of ||A A^T - I||_F, ||B^T B - I||_F
+    grams = [p @ p.T if ".lora_A." in n else p.T @ p for n, p in model.named_parameters()
+             if ".lora_A." in n or ".lora_B." in n]
+    assert len(grams) == 2 * 2 * len(cfg.model.attention_modules) and all(g.shape == (12, 12) for g in grams)
+    reg = sum(torch.sqrt(((g - torch.eye(12)) ** 2).sum()) for g in grams) / len(grams)
+    assert reg.item() > 1  # A and B start random, far from orthonormal
+
+    with torch.no_grad():
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        logits = model(**inputs).logits.float()
+        if task == "copa":  # two choices per row, one score each
+            logits = logits.view(len(labels), -1)
+        plain = torch.nn.functional.cross_entropy(logits, labels)
+    loss = adapted.training_loss(pipeline.loss)(model, batch)
+    assert cfg.method.peft.orth_reg_weight == 0.1
+    assert loss.item() == pytest.approx(plain.item() + 0.1 * reg.item(), rel=1e-5)
+    # the term trains A and B: lora_E starts at zero, so the task loss alone gives them no gradient
+    loss.backward()
+    a = next(p for n, p in model.named_parameters() if ".lora_A." in n)
+    assert a.grad is not None and a.grad.abs().sum() > 0

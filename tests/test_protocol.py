@@ -219,6 +219,45 @@ def test_a_trainer_without_a_dev_split_is_refused():
         _plan("model=tiny-bert", "trainer=smoke", "logger=none", "task=rte", "method=lora", "dry_run=true")
 
 
+@pytest.fixture
+def own_conf(tmp_path):
+    """A user's own config folder holding task/mytask.yaml (SST-2 under another name), as hydra.searchpath reads it."""
+    folder = tmp_path / "my-conf"
+    (folder / "task").mkdir(parents=True)
+    text = (bconfig.CONF_DIR / "task" / "sst2.yaml").read_text(encoding="utf-8")
+    assert "\nname: sst2\n" in f"\n{text}"
+    (folder / "task" / "mytask.yaml").write_text(text.replace("name: sst2", "name: mytask", 1), encoding="utf-8")
+    return folder
+
+
+def test_a_task_in_the_users_own_config_folder_is_planned_via_hydra_searchpath(own_conf, tmp_path):
+    searchpath = f"hydra.searchpath=[file://{own_conf}]"
+    p = _plan(*TINY, searchpath, "task=mytask", "method=lora", "lr_factors=[1,3]", "seeds=1", "dry_run=true")
+    assert [(c.task, c.method, c.n_trials) for c in p.cells] == [("mytask", "lora", 2)]
+    assert searchpath in p.cells[0].base  # and so in every multirun the cell launches
+    # the launched runs compose it too: the fake bench composes every job from the launched overrides
+    fake = FakeBench(dev=lambda lr: lr, validation=lambda lr: 0.5)
+    p = _plan(*TINY, searchpath, "task=mytask", "method=lora", "lr_factors=[1,3]", "seeds=1",
+              f"paths.results_dir={tmp_path / 'results'}", bench=fake)
+    assert p.run() == 0 and len(fake.launched) == 2 and all(searchpath in o for o in fake.launched)
+    assert {record.read_result(tmp_path / "results" / "protocol" / t["run"])["config"]["task"]["name"]
+            for t in p.cells[0].summary["selection"]["trials"]} == {"mytask"}
+    # and `bench` itself reads the same overrides (one job of the launched search, config printed only)
+    job = [o.split(",")[0] if o.startswith("method.lr=") else o for o in fake.launched[0]]
+    out = subprocess.run([sys.executable, "-m", "bench.cli", *job, "--cfg", "job"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "name: mytask" in out.stdout, out.stderr[-2000:]
+
+
+def test_an_unknown_task_is_a_config_error_naming_the_options(own_conf):
+    with pytest.raises(ConfigError) as err:
+        _plan(*TINY, f"hydra.searchpath=[file://{own_conf}]", "task=nosuchtask", "method=lora", "dry_run=true")
+    message = str(err.value)
+    assert "Could not find 'task/nosuchtask'" in message and "mytask" in message and "sst2" in message
+    with pytest.raises(ConfigError, match="Could not find 'task/mytask'"):  # without the search path: unknown
+        _plan(*TINY, "task=mytask", "method=lora", "dry_run=true")
+
+
 class FakeBench(protocol.Bench):
     """Writes finished result files instead of training: dev and validation scores set by the test."""
 

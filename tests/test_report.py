@@ -359,7 +359,7 @@ def test_protocol_sized_report_with_bootstraps_stays_cheap(tmp_path):
     started = time.process_time()
     written = build_report(tmp_path / "results", tmp_path / "out")
     elapsed = time.process_time() - started
-    assert "Paired differences on validation examples" in written["markdown"].read_text(encoding="utf-8")
+    assert "Paired differences on validation (seeds and examples)" in written["markdown"].read_text(encoding="utf-8")
     assert elapsed < 10.0, elapsed
 
 

@@ -116,7 +116,7 @@ def test_majority_baseline_row_and_flags(built):
     assert sst2["lora"]["trainable params"] == "**74,498**"
     assert sst2["lora"]["Pareto (params)"] == "yes" and sst2["full"]["Pareto (params)"] == "yes"
     # ia3 ties lora's accuracy with more parameters: off the front, but not distinguishable from lora
-    assert sst2["ia3"]["Pareto (params)"] == "no, ≈ minilm · lora"
+    assert sst2["ia3"]["Pareto (params)"] == "no, ≈ lora"  # short labels: one model, so the method
     rte = _rows(tables, "rte: accuracy (higher is better)")
     assert rte["prefix"]["accuracy (mean ± std)"] == "0.6500 ± 0.0000" and rte["prefix"]["vs majority"] == "≤ majority"
     assert rte["lora"]["accuracy (mean ± std)"] == "**0.6400 ± 0.0000**" and rte["lora"]["vs best"] == "best"
@@ -127,17 +127,17 @@ def test_paired_differences_table(built):
     _, tables = built
     rows = {(r["row"], r["compared with"]): r
             for r in tables["Paired differences on validation (seeds and examples)"]}
-    full = rows[("minilm · full", "majority baseline")]
+    full = rows[("full", "majority baseline")]
     assert full["difference in accuracy"] == "+0.3000" and full["verdict"] == "better"
     assert (full["per seed"], full["example ids"]) == ("+0.300, +0.300, +0.300", "200")
-    same = rows[("minilm · prompt", "majority baseline")]
+    same = rows[("prompt", "majority baseline")]
     assert same["difference in accuracy"] == "+0.0000"
     assert same["95% CI over examples (bootstrap)"] == "[+0.0000, +0.0000]"
     assert same["verdict"] == "not distinguishable"
-    worse = rows[("minilm · lora", "minilm · full")]
+    worse = rows[("lora", "full")]
     assert worse["difference in accuracy"] == "-0.2600" and worse["verdict"] == "worse"
     # the Pareto check behind "≈ minilm · lora": one win and one loss out of 200
-    near = rows[("minilm · ia3", "minilm · lora")]
+    near = rows[("ia3", "lora")]
     assert near["difference in accuracy"] == "+0.0000" and near["verdict"] == "not distinguishable"
 
 
@@ -257,7 +257,7 @@ def test_selection_table_trials_and_recomputation_note(tmp_path):
     written = build_report(root, tmp_path / "out")
     text = written["markdown"].read_text(encoding="utf-8")
     (row,) = md_tables(text)["How each row was selected"]
-    assert row["row"] == "minilm · lora" and row["selected on"] == "dev" and row["trials"] == "3"
+    assert row["row"] == "lora" and row["selected on"] == "dev" and row["trials"] == "3"
     assert row["search space"] == 'method.lr=[0.001, 0.003, 0.01]'
     assert row["winner"] == "method.lr=0.01 (at the edge of the grid: method.lr; the best value may lie outside it)"
     assert row["dev scores"] == "method.lr=0.001: 0.7100; method.lr=0.003: 0.7200; method.lr=0.01: 0.7400"

@@ -142,8 +142,10 @@ def test_copa_runs_end_to_end_with_a_majority_baseline(compose, model, method):
     assert result["baselines"]["majority"]["prediction"] == majority
     assert result["baselines"]["majority"]["metrics"]["accuracy"] == pytest.approx(
         saved["references"].count(majority) / 64)
-    if model == "tiny-llama":  # both decoder scorings are recorded
-        assert {"accuracy_sum", "accuracy_mean"} <= set(result["metrics"])
+    if model == "tiny-llama":  # every decoder scoring is recorded; accuracy_mean is the per-token one
+        metrics = result["metrics"]
+        assert {"accuracy_sum", "accuracy_mean", "accuracy_per_token", "acc_norm"} <= set(metrics)
+        assert metrics["accuracy_mean"] == metrics["accuracy_per_token"] == metrics["accuracy"]  # scoring: mean
 
 
 # ---------------------------------------------------------------------------- generation
@@ -217,3 +219,43 @@ def test_hard_prompt_shows_solved_multiple_choice_examples(compose):
         right = row["choice1"] if row["label"] == 0 else row["choice2"]
         assert f"Premise: {row['premise']}\nWhat was the {row['question']}? Answer: {right}\n\n" in text
     assert result["params"]["trainable"] == 0 and {"accuracy_sum", "accuracy_mean"} <= set(result["metrics"])
+
+
+# ---------------------------------------------------------------------------- multiple choice: acc_norm
+
+def test_acc_norm_divides_by_characters_where_the_token_mean_divides_by_tokens(compose):
+    """lm-evaluation-harness's acc_norm (log-likelihood / characters of the choice) beside the per-token mean:
+    a hand-built fixture where the sum, the per-token mean and acc_norm pick differently."""
+    from bench.evaluation import score
+    from bench.shapes.multiple_choice import choice_picks
+
+    # row 0: A = -6 over 3 tokens / 4 chars (-2 per token, -1.5 per char); B = -5 over 2 tokens / 10 chars
+    #        (-2.5, -0.5): the sum picks B, per token A, per character B
+    # row 1: A = -9 over 3 tokens / 18 chars (-3, -0.5); B = -4 over 1 token / 4 chars (-4, -1); C = -20 over
+    #        2 tokens / 5 chars: the sum picks B, per token A, per character A
+    total = torch.tensor([-6.0, -5.0, -9.0, -4.0, -20.0])
+    tokens = torch.tensor([3.0, 2.0, 3.0, 1.0, 2.0])
+    chars = torch.tensor([4, 10, 18, 4, 5])
+    raw = choice_picks(total, tokens, chars, [2, 3])
+    assert raw == [[1, 0, 1], [1, 0, 0]]
+
+    cfg = compose("task=copa", "model=tiny-llama")
+    references = [0, 0]
+    shape = shapes.get("multiple_choice")
+    predictions, extra = shape.finalize(cfg.task, raw)
+    assert predictions == [0, 0]  # scoring: mean (per token)
+    metrics = score(cfg.task, predictions, references, extra)
+    assert metrics == {"accuracy": 1.0, "accuracy_sum": 0.0, "accuracy_per_token": 1.0, "accuracy_mean": 1.0,
+                       "acc_norm": 0.5}
+    for scoring, primary in (("sum", [1, 1]), ("per_token", [0, 0]), ("acc_norm", [1, 0])):
+        cfg = compose("task=copa", "model=tiny-llama", f"task.scoring={scoring}")
+        assert shape.finalize(cfg.task, raw)[0] == primary
+
+    # the pipeline carries each choice's character count (the task's text, without the joining space) to predict
+    _, tokenizer, pipeline = _pipeline(cfg)
+    data = tasks.load_task(cfg.task, cfg.paths.data_dir, cfg.trainer)
+    rows = data.validation.select(range(2))
+    ds = pipeline.tokenize(rows)
+    batch = pipeline.eval_collate([ds[0], ds[1]])
+    assert batch["choice_chars"].tolist() == [len(r[f]) for r in rows for f in ("choice1", "choice2")]
+

@@ -45,7 +45,9 @@ class Adapted:
     virtual_positions: positions every sample gains through all layers (soft prompt and P-tuning:
     num_virtual_tokens; prefix tuning adds key/values only, LoRA-like methods and full: 0);
     step_hooks: callables hook(step) the training loop calls after each optimizer.step(), before
-    zero_grad, with step = optimizer steps done so far (1 after the first step).
+    zero_grad, with step = optimizer steps done so far (1 after the first step);
+    loss_wrappers: callables wrap(loss_fn) -> loss_fn that add a method's own training term to the shape's
+    loss (AdaLoRA's orthogonal regulariser), applied by training_loss.
     """
     model: torch.nn.Module
     method: "Method"
@@ -54,10 +56,18 @@ class Adapted:
     virtual_positions: int = 0
     step_hooks: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)   # method-private state (e.g. the demonstrations drawn)
+    loss_wrappers: list = field(default_factory=list)
 
     @property
     def kind(self) -> str:
         return self.method.kind
+
+    def training_loss(self, loss_fn: Callable) -> Callable:
+        """loss_fn(model, batch) -> the loss the training loop minimises: the shape's loss plus the method's
+        own terms (loss_wrappers), whichever shape computes it and wherever (in the model or outside)."""
+        for wrap in self.loss_wrappers:
+            loss_fn = wrap(loss_fn)
+        return loss_fn
 
     def save(self, folder: Path) -> Path:
         """Write what must be kept for this task under folder; return the path written."""

@@ -6,7 +6,8 @@
 - Soft prompt initialisation: ``method.init`` (see soft_prompt_init).
 - IA3: ``feedforward_modules`` are added to ``target_modules`` (PEFT needs them to be a subset).
 - AdaLoRA: ``total_step`` is the run's optimizer steps; ``tinit`` / ``tfinal`` below 1 are fractions of it;
-  ``update_and_allocate(step)`` is a step hook; facts() records the final rank pattern.
+  ``update_and_allocate(step)`` is a step hook; facts() records the final rank pattern; its orthogonal
+  regulariser is in the training loss of every shape (PEFT adds it only to a loss the model computes itself).
 """
 from __future__ import annotations
 
@@ -173,8 +174,10 @@ class PeftMethod(Method):
                                             prompt_text=ctx.prompt_text, label_words=list(ctx.label_words))
             soft_prompt_init.initialise(peft_model, ids, ctx.seed)
         hooks = [AdaLoraAllocation(peft_model)] if self.is_adalora else []
+        wrappers = [AdaLoraOrthogonality(peft_model)] if self.is_adalora else []
         return Adapted(peft_model, self, virtual_tokens=virtual,
-                       virtual_positions=virtual if self.adds_positions else 0, step_hooks=hooks)
+                       virtual_positions=virtual if self.adds_positions else 0, step_hooks=hooks,
+                       loss_wrappers=wrappers)
 
     def save(self, adapted: Adapted, folder: Path) -> Path:
         path = folder / "adapter"
@@ -235,6 +238,52 @@ class AdaLoraAllocation:
         if step > config.total_step - config.tfinal and config.rank_pattern is None:
             config.rank_pattern = _rank_pattern_from_weights(self.peft_model)  # resumed past the final allocation
         tuner.update_and_allocate(step)
+
+
+def orthogonal_regulariser(peft_model) -> torch.Tensor:
+    """AdaLoRA's orthogonality penalty R on its trained adapter: the mean, over every module's A (rank x in) and
+    B (out x rank), of ||A A^T - I||_F and ||B^T B - I||_F (the singular-vector matrices kept near orthonormal)."""
+    tuner = peft_model.base_model
+    adapter = tuner.trainable_adapter_name
+    norms = []
+    for name, p in tuner.model.named_parameters():
+        if name.endswith(f".lora_A.{adapter}"):
+            gram = p @ p.T
+        elif name.endswith(f".lora_B.{adapter}"):
+            gram = p.T @ p
+        else:
+            continue
+        norms.append(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)))
+    return torch.stack(norms).mean() if norms else torch.zeros(())
+
+
+class AdaLoraOrthogonality:
+    """Loss wrapper: AdaLoRA's orthogonal regulariser (orth_reg_weight x R) in the training loss of every shape.
+
+    PEFT adds it inside AdaLoraModel.forward, but only to a loss the model computes itself (given labels); a shape
+    whose loss is computed outside the model (encoder multiple choice: the choices' scores meet in a softmax)
+    would train without it. A forward hook on the AdaLoRA tuner records whether a forward of this step returned
+    a loss (then PEFT added the term); when none did, the wrapper adds it. So it is counted exactly once."""
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+        self.added = False
+        peft_model.base_model.register_forward_hook(self._record)
+
+    def _record(self, module, args, output) -> None:
+        if isinstance(getattr(output, "loss", None), torch.Tensor):
+            self.added = True
+
+    def __call__(self, loss_fn):
+        def with_regulariser(model, batch):
+            self.added = False
+            loss = loss_fn(model, batch)
+            tuner = self.peft_model.base_model
+            weight = tuner.peft_config[tuner.trainable_adapter_name].orth_reg_weight
+            if not self.added and weight > 0:
+                loss = loss + weight * orthogonal_regulariser(self.peft_model).to(loss.dtype)
+            return loss
+        return with_regulariser
 
 
 def adalora_facts(peft_model) -> dict:

@@ -14,6 +14,7 @@ from bench.config import CONF_DIR, ConfigError
 from bench.protocol.overrides import override_key
 
 EXIT_PREEMPTED = 75  # bench.cli's code for a SIGTERM'd run (kept equal; see bench/cli.py)
+SEARCHPATH_KEY = "hydra.searchpath"  # Hydra's extra config folders: composing needs them too
 
 
 class ProtocolError(RuntimeError):
@@ -48,8 +49,10 @@ class Bench:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        if not with_hydra:  # hydra.* settings (launcher, sweeper) never change a run's config
-            overrides = [o for o in overrides if not override_key(o).startswith("hydra")]
+        if not with_hydra:  # hydra.* settings (launcher, sweeper) never change a run's config; the search
+            # path does (a task or method kept in the user's own config folder), as it does for `bench`
+            overrides = [o for o in overrides if not override_key(o).startswith("hydra")
+                         or override_key(o) == SEARCHPATH_KEY]
         with self._lock:  # Hydra's global state: one compose at a time (cells may run side by side)
             GlobalHydra.instance().clear()
             try:

@@ -334,10 +334,47 @@ def _flags(section: Section) -> None:
         section.condition_keys = {c: chr(ord("A") + i) if i < 26 else f"C{i + 1}" for i, c in enumerate(keys)}
 
 
+def _variant_items(variant: str) -> dict[str, str]:
+    """"a=1,b=[x,y]" -> {"a": "a=1", "b": "b=[x,y]"} (commas inside brackets or quotes stay in their item)."""
+    items, depth, quote, current = {}, 0, "", ""
+    for ch in variant + ",":
+        if ch == "," and depth == 0 and not quote:
+            if current:
+                items[current.split("=", 1)[0]] = current
+            current = ""
+            continue
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        current += ch
+    return items
+
+
+def short_labels(groups: list[Group]) -> None:
+    """Set each group's short label: only what differs between the rows of its section (the model when models
+    differ, the method, the overrides whose values differ); the full variant stays in the runs table and CSV."""
+    items = [_variant_items(g.variant) for g in groups]
+    keys = sorted({k for found in items for k in found})
+    differing = [k for k in keys if len({found.get(k) for found in items}) > 1]
+    several_models = len({g.model for g in groups}) > 1
+    several_methods = len({g.method for g in groups}) > 1
+    for g, found in zip(groups, items):
+        g.short_variant = ",".join(found[k] for k in differing if k in found)
+        parts = [g.model] if several_models else []
+        parts += [g.method] if several_methods or not g.short_variant else []
+        g.short = " · ".join(p for p in parts + [g.short_variant] if p) or g.method
+
+
 def aggregate(runs: list[Run]) -> list[Section]:
     sections = []
     for (task, primary), members in _group_runs(runs).items():
         section = Section(task, primary, members, [])
+        short_labels(members)
         for g in members:
             _describe(g, section.notes)
         section.baseline = _baseline(section)
@@ -375,7 +412,7 @@ def aggregate(runs: list[Run]) -> list[Section]:
                 shown.add((id(g), id(f)))
                 section.comparisons.append((g, c))
             if c.verdict == stats.SAME and name not in g.near_front:
-                g.near_front[name] = f.label
+                g.near_front[name] = f.short
         _flags(section)
         sections.append(section)
     return sections

@@ -167,6 +167,8 @@ class Group:
     vs_best: Comparison | None = None
     vs_majority: Comparison | None = None
     flags: list[str] = field(default_factory=list)
+    short: str = ""                  # what tells this row apart within its section (set by the aggregation)
+    short_variant: str = ""          # the variant's overrides that differ between the section's rows
 
     @property
     def n(self) -> int:
@@ -203,6 +205,10 @@ class Section:
     comparisons: list[tuple[Group, Comparison]] = field(default_factory=list)  # shown under the table
     tests: list[tuple[Group, Comparison]] = field(default_factory=list)  # every test of both families
     condition_keys: dict[Conditions, str] = field(default_factory=dict)  # "A", "B", ... when they differ
+
+    def short(self, label: str) -> str:
+        """A row's short label from its full label (the majority baseline and unknown labels unchanged)."""
+        return next((g.short for g in self.groups if g.label == label and g.short), label)
 
     @property
     def maximise(self) -> bool:

@@ -264,10 +264,10 @@ def _bleu_scorer():
 def _bleu_statistics(preds: list, refs: list) -> np.ndarray:
     """sacrebleu's per-sentence BLEU statistics (hypothesis length, closest reference length, matching and
     total n-grams for n = 1..4) as (10, examples): their sums over any subset give that subset's corpus BLEU."""
-    from bench.metrics.bleu.bleu import reference_streams
-
     lists = [list(r) if isinstance(r, (list, tuple)) else [r] for r in refs]
-    found = _bleu_scorer()._extract_corpus_statistics([str(p) for p in preds], reference_streams(lists))
+    width = max((len(r) for r in lists), default=0)  # reference streams padded with None, as the shipped metric
+    streams = [[r[k] if k < len(r) else None for r in lists] for k in range(width)]
+    found = _bleu_scorer()._extract_corpus_statistics([str(p) for p in preds], streams)
     return np.asarray(found, dtype=np.int64).T
 
 

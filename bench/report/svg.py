@@ -154,7 +154,7 @@ def scatter(section: Section, plot: str, cost_key: str, pareto: str, x_title: st
             right = x > W - R - 150  # near the right edge the label goes to the left of its point
             anchor = ' text-anchor="end"' if right else ""
             out.append(f'<text data-method="{esc(g.method)}" x="{_f(x - 8 if right else x + 8)}" y="{_f(y - 6)}"'
-                       f"{anchor}>{esc(g.label)}</text>")
+                       f"{anchor}>{esc(g.short)}</text>")
     out.append("</svg>")
     return "".join(out)
 
@@ -175,7 +175,7 @@ def bars(section: Section, plot: str, key: str, title: str, fmt: Callable, color
         y = T + i * row_h
         width = max(1.0, v / top * span)  # a zero still shows as a sliver, so every bar is visible
         value = fmt(v) + suffix(g)
-        out.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{esc(g.label)}</text>')
+        out.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{esc(g.short)}</text>')
         out.append(f'<rect data-point="bar" data-group="{esc(g.label)}" data-method="{esc(g.method)}" '
                    f'x="{label_w}" y="{y + 3}" width="{_f(width)}" height="{row_h - 6}" fill="{colors[g.method]}">'
                    f'<title>{esc(g.label)}: {esc(value)} (mean of {len(g.runs)} runs; conditions '

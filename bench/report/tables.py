@@ -97,7 +97,7 @@ def _pareto_text(g: Group, name: str) -> str:
 
 def section_table(section: Section) -> Table:
     groups = section.groups
-    show_variant = any(g.variant for g in groups)
+    show_variant = any(g.short_variant for g in groups)
     keys = SHOWN + (["mfu"] if any(g.values.get("mfu") is not None for g in groups) else [])
     show_best = any(g.vs_best is not None for g in groups)
     show_majority = section.baseline is not None
@@ -114,7 +114,7 @@ def section_table(section: Section) -> Table:
     for i, g in enumerate(groups):
         mean, std = g.values["mean"], g.values["std"]
         metric = DASH if mean is None else f"{fmt_metric(mean)} ± {fmt_metric(std)}"
-        row = cells(g.model, g.method) + (cells(g.variant or DASH) if show_variant else [])
+        row = cells(g.model, g.method) + (cells(g.short_variant or DASH) if show_variant else [])
         row += [Cell(metric, i in best_metric),
                 Cell(fmt_interval(g.interval) if g.interval else ("n/a" if g.n == 1 else DASH)),
                 Cell(str(g.n)), Cell(str(len(g.excluded)))]
@@ -162,7 +162,7 @@ def _verdict_text(c) -> str:
 def comparisons_table(section: Section) -> Table:
     rows = []
     for g, c in section.comparisons:
-        rows.append(cells(g.label, c.other, fmt_signed(c.diff), _per_seed_text(c),
+        rows.append(cells(g.short, section.short(c.other), fmt_signed(c.diff), _per_seed_text(c),
                           fmt_interval(c.seed_interval, signed=True), fmt_interval(c.interval, signed=True),
                           fmt_count(c.examples), _p_text(c.adjusted_p), _verdict_text(c), c.reason or DASH))
     return Table(["row", "compared with", f"difference in {section.primary}", "per seed",
@@ -243,7 +243,7 @@ def selection_table(section: Section) -> Table | None:
         space, values = _search_space(sel), _winning_values(sel)
         edges = grid_edges(space, values)
         edge = f" (at the edge of the grid: {', '.join(edges)}; the best value may lie outside it)" if edges else ""
-        rows.append(cells(g.label, text(sel.get("split")) or "dev", text(sel.get("metric")) or DASH,
+        rows.append(cells(g.short, text(sel.get("split")) or "dev", text(sel.get("metric")) or DASH,
                           _values_text(space), str(len(trials)) if trials else DASH, one_line(scores, 400) or DASH,
                           _values_text(values) + edge + differ))
     if not rows:

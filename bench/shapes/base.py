@@ -20,6 +20,12 @@ class DataError(ValueError):
     """Bad task data; the message names the file, line, field or value at fault."""
 
 
+# The fewest tokens a decoder prompt may be left with (trainer.max_length minus what the answer needs) before
+# a run is refused as a config error: the shipped tasks' instruction and template alone take 10-30 SmolLM2
+# tokens, and a row's text most of the rest; below this, most rows would lose their beginning.
+MIN_PROMPT_TOKENS = 64
+
+
 @dataclass
 class Pipeline:
     """The shape's answer for one (task, model kind, tokenizer): everything between rows and numbers.
@@ -66,6 +72,16 @@ class Shape:
     def unsupported(self, model_kind: str) -> str:
         return f"{model_kind} models do not support this task shape here"
 
+    def check_budget(self, spec: DictConfig, model_kind: str, max_length: int) -> None:
+        """Raise ConfigError when trainer.max_length leaves no room for the prompt (before anything loads).
+
+        Decoders keep at least MIN_PROMPT_TOKENS for the prompt; the label words or choices that follow it are
+        only known once tokenised (a row whose choice leaves no room at all is refused then)."""
+        if model_kind == "decoder" and max_length <= MIN_PROMPT_TOKENS:
+            raise ConfigError(f"trainer.max_length: {max_length} leaves no room for {spec.name}'s prompt and answer "
+                              f"(a decoder prompt needs at least {MIN_PROMPT_TOKENS} tokens, plus the answer's); "
+                              f"set trainer.max_length > {MIN_PROMPT_TOKENS} (e.g. trainer=quick-decoder)")
+
     def required_fields(self, spec: DictConfig) -> list[str]:
         raise NotImplementedError
 
@@ -88,12 +104,12 @@ class Shape:
         """One solved example as text (decoders)."""
         raise NotImplementedError
 
-    def prompt_text(self, spec: DictConfig, demos: list[dict], with_instruction: bool = True) -> str:
-        """Instruction plus solved examples: the text a hard-prompt method keeps per task."""
+    def prompt_text(self, spec: DictConfig, demos: list[dict], with_instruction: bool = True) -> "PromptText":
+        """Instruction plus solved examples: the text a hard-prompt method keeps per task (a PromptText, which
+        knows its demonstrations, so that a row whose prompt does not fit drops whole demonstrations)."""
         prompt = spec.get("prompt")
-        parts = [prompt.instruction] if with_instruction and prompt is not None and prompt.get("instruction") else []
-        parts += [self.demonstration(spec, row) for row in demos]
-        return "".join(p + "\n\n" for p in parts)
+        instruction = prompt.instruction + "\n\n" if with_instruction and prompt is not None and prompt.get("instruction") else ""
+        return PromptText(instruction, [self.demonstration(spec, row) + "\n\n" for row in demos])
 
     def label_words(self, spec: DictConfig, model_kind: str) -> list[str]:
         """Words a soft prompt may start from (init.mode=labels)."""
@@ -101,7 +117,8 @@ class Shape:
 
     # ------------------------------------------------------------------ predictions, references, baselines
     def finalize(self, spec: DictConfig, raw: list) -> tuple[list, dict[str, list]]:
-        """Raw per-row model outputs -> (predictions scored by task.metrics, {suffix: other predictions})."""
+        """Raw per-row model outputs -> (predictions scored by task.metrics, {name: other predictions}); a name
+        such as `{metric}_sum` records `<metric>_sum` (see bench.evaluation.score)."""
         return raw, {}
 
     def references(self, spec: DictConfig, split) -> list:
@@ -163,6 +180,86 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     picked = logprobs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     mask = target_mask[:, 1:].to(picked.dtype)
     return (picked * mask).sum(dim=1), mask.sum(dim=1)
+
+
+class PromptText(str):
+    """A hard prompt's text (`str`), which also knows its pieces: the instruction, then one piece per solved
+    demonstration (each ends with its blank line). A row whose prompt does not fit drops whole demonstrations,
+    the last ones first (`fit_prompts`), instead of losing the beginning of its text."""
+
+    def __new__(cls, instruction: str = "", demos=()):
+        self = super().__new__(cls, instruction + "".join(demos))
+        self.instruction, self.demos = instruction, tuple(demos)
+        return self
+
+    def with_shots(self, k: int) -> str:
+        """The prompt with only its first k demonstrations."""
+        return self.instruction + "".join(self.demos[:k])
+
+
+def fit_prompts(tokenizer, prefix: str, bodies: list[str], budgets) -> dict[str, list]:
+    """Token ids of prefix + body per row, each at most its budget (an int, or one per row).
+
+    A hard prompt (a PromptText with demonstrations) that does not fit drops whole demonstrations, the last
+    first, until the row fits; what still does not fit (the instruction, then the row's own text) is cut from
+    the left, which keeps the end: it holds the question. Returns the columns `input_ids`, `cut_tokens` (the
+    row's tokens left out by the left cut) and, for a prompt with demonstrations, `shots` (shown per row)."""
+    budgets = list(budgets) if isinstance(budgets, (list, tuple)) else [budgets] * len(bodies)
+    demos = getattr(prefix, "demos", ())
+    full = tokenizer([prefix + body for body in bodies])["input_ids"]
+    demo_lengths = [len(x) for x in tokenizer(list(demos), add_special_tokens=False)["input_ids"]] if demos else []
+    out: dict[str, list] = {"input_ids": [], "cut_tokens": []}
+    if demos:
+        out["shots"] = []
+    for body, ids, budget in zip(bodies, full, budgets):
+        if budget < 1:
+            raise ValueError(f"fit_prompts: a budget of {budget} tokens leaves no room for the prompt")
+        shots = len(demos)
+        if len(ids) > budget and demos:
+            # start from the most demonstrations whose tokens (counted one by one) leave room, then settle exactly:
+            # tokens can merge across a piece's boundary, so the count alone may be one off either way
+            over = len(ids) - budget
+            while shots > 0 and over > 0:
+                shots -= 1
+                over -= demo_lengths[shots]
+            ids = tokenizer(prefix.with_shots(shots) + body)["input_ids"]
+            while len(ids) > budget and shots > 0:
+                shots -= 1
+                ids = tokenizer(prefix.with_shots(shots) + body)["input_ids"]
+            while shots < len(demos) - 1 and len(ids) <= budget:
+                more = tokenizer(prefix.with_shots(shots + 1) + body)["input_ids"]
+                if len(more) > budget:
+                    break
+                shots, ids = shots + 1, more
+        cut = max(0, len(ids) - budget)
+        out["input_ids"].append(ids[cut:])
+        out["cut_tokens"].append(cut)
+        if demos:
+            out["shots"].append(shots)
+    return out
+
+
+def truncation_counts(ds, trained: bool = False, shots: int | None = None) -> dict:
+    """result.json `truncation.<split>` from a tokenised split's columns (what each shape's tokenize adds):
+    `cut_tokens` (input tokens a row's most-cut sequence lost), `train_cut_tokens` (the same for the training
+    sequence, where it differs), `cut_target_tokens` (target tokens cut, generation) and `shots` (hard prompt:
+    demonstrations shown). trained: the split is trained on (training cuts and the target count)."""
+    columns = ds.column_names
+    name = "train_cut_tokens" if trained and "train_cut_tokens" in columns else "cut_tokens"
+    cut = list(ds[name]) if name in columns else [0] * len(ds)
+    target = list(ds["cut_target_tokens"]) if trained and "cut_target_tokens" in columns else None
+    truncated = sum(1 for i, c in enumerate(cut) if c > 0 or (target is not None and target[i] > 0))
+    out = {"rows": len(ds), "truncated_rows": truncated,
+           "truncated_fraction": truncated / len(ds) if len(ds) else 0.0, "dropped_tokens": int(sum(cut))}
+    if target is not None:
+        out["truncated_target_rows"] = sum(1 for c in target if c > 0)
+        out["dropped_target_tokens"] = int(sum(target))
+    if "shots" in columns and len(ds):
+        shown = list(ds["shots"])
+        out["shots_shown_min"], out["shots_shown_mean"] = int(min(shown)), sum(shown) / len(shown)
+        if shots is not None:
+            out["rows_with_fewer_shots"] = sum(1 for k in shown if k < shots)
+    return out
 
 
 def map_rows(encode):

@@ -12,8 +12,8 @@ import torch
 from omegaconf import DictConfig
 
 from bench.config import ConfigError
-from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, majority, map_rows,
-                               pad, padded_inputs, token_ids)
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, fit_prompts, majority,
+                               map_rows, pad, padded_inputs, token_ids)
 
 
 def _encoder_texts(batch: dict, fields: list[str], sep: str) -> list[list[str]]:
@@ -159,9 +159,12 @@ class Classification(Shape):
 
         # a closure over plain values only: `datasets` fingerprints it to cache the tokenised split
         def encode(batch):
-            out = tokenizer(*_encoder_texts(batch, fields, sep), truncation=True, max_length=max_length)
+            texts = _encoder_texts(batch, fields, sep)
+            out = tokenizer(*texts, truncation=True, max_length=max_length)
             out["labels"] = [float(x) for x in batch[label_field]] if regression else batch[label_field]
             out["length"] = [len(ids) for ids in out["input_ids"]]
+            full = tokenizer(*texts, verbose=False)["input_ids"]  # the same text uncut: what truncation dropped
+            out["cut_tokens"] = [len(x) - n for x, n in zip(full, out["length"])]
             return out
 
         def predict(model, batch):
@@ -177,13 +180,16 @@ class Classification(Shape):
     def _decoder_pipeline(self, spec, tokenizer, max_length, prompt_prefix):
         label_ids = verbalizer_ids(spec, tokenizer)
         budget = max_length - max(len(ids) for ids in label_ids)
+        if budget < 1:
+            raise ConfigError(f"trainer.max_length: {max_length} leaves no room for the prompt before the verbalizer "
+                              f"words ({max(len(ids) for ids in label_ids)} tokens); raise trainer.max_length")
         template, fields, label_field = spec.prompt.template, list(spec.text_fields), spec.label_field
 
         def encode(batch):
             rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            prompts = [prompt_prefix + template.format(**{f: row[f] for f in fields}) for row in rows]
-            ids = [x[-budget:] for x in tokenizer(prompts)["input_ids"]]  # keep the end: it holds the question
-            return {"input_ids": ids, "labels": batch[label_field], "length": [len(x) for x in ids]}
+            bodies = [template.format(**{f: row[f] for f in fields}) for row in rows]
+            out = fit_prompts(tokenizer, prompt_prefix, bodies, budget)  # cut from the left: the end holds the question
+            return {**out, "labels": batch[label_field], "length": [len(x) for x in out["input_ids"]]}
 
         def predict(model, batch):
             return choice_scores(model, batch, label_ids).argmax(dim=-1).tolist(), 0

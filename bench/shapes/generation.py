@@ -5,18 +5,23 @@ optional `references_field` (a list of references per row, e.g. E2E) and `answer
 exact match compares with, e.g. GSM8K's `final_answer`), `extract: last_number | none`, and
 `generation: {max_new_tokens, stop}`. Training: loss on the target tokens (+ EOS) only.
 Evaluation: batched greedy `generate()` with left padding, cut at the first stop string; the
-extracted answer (or the whole cut text) is scored by exact_match / bleu / rouge_l.
+extracted answer (or the whole cut text) is scored by exact_match / bleu / rouge_l. Position ids
+count from each row's first token for every method (soft prompts too: `positions_from_mask`), so a
+row's output is the same alone as in any batch.
 """
 from __future__ import annotations
 
+import inspect
 import string
+import warnings
+from contextlib import contextmanager
 
 import torch
 
 from bench.config import ConfigError
 from bench.metrics.extract import extract_last_number
-from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, map_rows, padded_inputs,
-                               token_ids)
+from bench.shapes.base import (MIN_PROMPT_TOKENS, DataError, ModelHead, Pipeline, Shape, answer_batch, fill,
+                               fit_prompts, map_rows, padded_inputs, token_ids)
 
 def last_number(text: str) -> str:
     """GSM8K's answer extraction: the last number in the text, thousands commas removed ('' if none)."""
@@ -51,6 +56,16 @@ class Generation(Shape):
         if not isinstance(gen.get("max_new_tokens", 64), int) or gen.get("max_new_tokens", 64) < 1:
             raise ConfigError("task.generation.max_new_tokens: must be an integer >= 1")
 
+    def check_budget(self, spec, model_kind, max_length):
+        """The prompt keeps at least MIN_PROMPT_TOKENS beside the max_new_tokens generated (before anything loads)."""
+        max_new = int((spec.get("generation") or {}).get("max_new_tokens", 64))
+        if max_length - max_new < MIN_PROMPT_TOKENS:
+            raise ConfigError(
+                f"trainer.max_length: {max_length} leaves {max(0, max_length - max_new)} tokens for {spec.name}'s prompt "
+                f"beside task.generation.max_new_tokens={max_new} (a prompt needs at least {MIN_PROMPT_TOKENS}); "
+                f"set trainer.max_length >= {max_new + MIN_PROMPT_TOKENS} (trainer=quick-generation fits the shipped "
+                "tasks) or lower task.generation.max_new_tokens")
+
     def required_fields(self, spec):
         fields = [*template_fields(spec.input_template), spec.target_field]
         return fields + ([spec.answer_field] if spec.get("answer_field") else [])
@@ -72,16 +87,23 @@ class Generation(Shape):
         gen = dict(spec.get("generation") or {})
         max_new, stops = int(gen.get("max_new_tokens", 64)), list(gen.get("stop") or [])
         eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.check_budget(spec, model_kind, max_length)
 
         def encode(batch):
             rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            prompts = tokenizer([prompt_prefix + template.format(**row) for row in rows])["input_ids"]
-            out = {"input_ids": [], "target_ids": [], "length": []}
-            for prompt, row in zip(prompts, rows):
-                target = (token_ids(tokenizer, " " + row[target_field].strip()) + [eos])[:max_length // 2]
-                out["input_ids"].append(prompt[-(max_length - max_new):])  # eval: room for the answer
+            # eval: room for the answer; cut from the left (the end holds the question)
+            out = fit_prompts(tokenizer, prompt_prefix, [template.format(**row) for row in rows], max_length - max_new)
+            out.update(target_ids=[], length=[len(p) for p in out["input_ids"]], cut_target_tokens=[],
+                       train_cut_tokens=[])
+            for row, prompt, cut in zip(rows, out["input_ids"], out["cut_tokens"]):
+                full = token_ids(tokenizer, " " + row[target_field].strip()) + [eos]
+                # training: prompt + target fit max_length; the target is cut only where the prompt leaves it less
+                # than that, and never below half of max_length (so the prompt keeps at least the other half)
+                target = full[:max(max_length - len(prompt), max_length // 2)]
                 out["target_ids"].append(target)
-                out["length"].append(len(out["input_ids"][-1]))
+                out["cut_target_tokens"].append(len(full) - len(target))
+                # training: the train collator cuts the prompt further to leave room for the target
+                out["train_cut_tokens"].append(cut + max(0, len(prompt) - (max_length - len(target))))
             return out
 
         def train_lengths(ds):
@@ -89,10 +111,8 @@ class Generation(Shape):
 
         def predict(model, batch):
             ids, mask = batch["input_ids"], batch["attention_mask"]
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                                 num_beams=1, pad_token_id=pad_id, eos_token_id=eos,
-                                 stopping_criteria=[_StopOnStrings(tokenizer, stops, ids.shape[1])] if stops else None)
-            new = out[:, -(out.shape[1] - ids.shape[1]):] if out.shape[1] > ids.shape[1] else out[:, :0]
+            new = generate_new_tokens(model, ids, mask, max_new_tokens=max_new, pad_id=pad_id, eos_id=eos,
+                                      stopping_criteria=[_StopOnStrings(tokenizer, stops, ids.shape[1])] if stops else None)
             texts, generated = [], 0
             for row in new.tolist():
                 if eos in row:
@@ -159,3 +179,59 @@ class _StopOnStrings:
     def __call__(self, input_ids, scores, **kwargs):
         texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+
+
+# ---------------------------------------------------------------------------- batch-invariant generation
+
+def generate_new_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+                        pad_id: int, eos_id: int, stopping_criteria=None) -> torch.Tensor:
+    """Greedy continuation of left-padded prompts: the new tokens only, (rows, new tokens).
+
+    A row's output does not depend on the rows it shares a batch with: every forward pass gets position ids
+    counted from the row's first real token (see positions_from_mask), whatever the padding in front of it."""
+    with positions_from_mask(model), warnings.catch_warnings():
+        # PEFT warns each time it drops the ids transformers made for a soft prompt; the hook supplies them
+        warnings.filterwarnings("ignore", message="Position ids are not supported")
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_id,
+                             stopping_criteria=stopping_criteria)
+    width = input_ids.shape[1]
+    return out[:, width:] if out.shape[1] > width else out[:, :0]
+
+
+@contextmanager
+def positions_from_mask(model):
+    """While generating, a forward pass without position ids gets them from its attention mask: each row's
+    positions count its unmasked entries (0 at its first real token, or at the first virtual token of a soft
+    prompt), so left padding does not shift them.
+
+    transformers already does this for a plain model (and LoRA-like PEFT models, prefix tuning too), but PEFT
+    drops the position ids of prompt tuning and P-tuning (it prepends virtual tokens, so the ids it was given
+    no longer line up) and the model then numbers the positions from the batch's left edge: a row padded
+    on the left was read at other positions than alone. The hook sits on the transformers model itself,
+    below PEFT, where the mask already covers the virtual tokens; training is untouched (right padding, so
+    the positions there already start at each row's first token)."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "position_ids" not in inspect.signature(target.forward).parameters:
+        yield
+        return
+    handle = target.register_forward_pre_hook(_positions_from_mask, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _positions_from_mask(module, args, kwargs):
+    mask = kwargs.get("attention_mask")
+    if kwargs.get("position_ids") is not None or not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return None
+    inputs = kwargs.get("input_ids")
+    if inputs is None:
+        inputs = kwargs.get("inputs_embeds")
+    if inputs is None:
+        inputs = args[0] if args else None
+    if not isinstance(inputs, torch.Tensor):
+        return None
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # padding (masked out) gets 0
+    return args, {**kwargs, "position_ids": positions[:, -inputs.shape[1]:]}

@@ -6,9 +6,13 @@ Task file: `context_fields` (or a `context_template` filled with the row), and e
 Encoders: every (context, choice) pair is scored by a one-output sequence-classification head
 and the choices of a row compete in a softmax (what AutoModelForMultipleChoice does, written
 over a flat batch of pairs so that every PEFT method applies unchanged).
-Decoders: the log-likelihood of each choice's own tokens after the context, summed and
-length-normalised (both recorded as `accuracy_sum` / `accuracy_mean`; `task.scoring` picks
-which one is `accuracy`); training minimises the loss on the right choice's tokens only.
+Decoders: the log-likelihood of each choice's own tokens after the context, scored three ways, all
+recorded: summed (`accuracy_sum`, lm-evaluation-harness's `acc`), divided by the choice's token count
+(`accuracy_per_token`, also kept under its older name `accuracy_mean`: token-normalised, tokenizer-dependent)
+and divided by the choice's length in characters (`acc_norm`, as lm-evaluation-harness computes it:
+log-likelihood / len(choice text), which for ASCII text is its UTF-8 byte count). `task.scoring`
+(sum | mean = per_token | acc_norm) picks which one is `accuracy`; training minimises the loss on the right
+choice's tokens only.
 """
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import ConfigError
-from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, map_rows, majority, pad,
-                               padded_inputs, sequence_logprobs, token_ids)
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, fit_prompts, map_rows,
+                               majority, pad, padded_inputs, sequence_logprobs, token_ids)
 
 
 def context_text(spec, row: dict) -> str:
@@ -30,6 +34,10 @@ def choices_of(spec, row: dict) -> list[str]:
     if spec.get("choices_field"):
         return list(row[spec.choices_field])
     return [row[f] for f in spec.choice_fields]
+
+
+# task.scoring: which decoder score is `accuracy` (mean = per_token, its older name)
+SCORINGS = ("sum", "mean", "per_token", "acc_norm")
 
 
 def scores_per_row(flat: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -56,8 +64,8 @@ class MultipleChoice(Shape):
             raise ConfigError("task.choice_fields: a multiple-choice task needs at least two choices")
         if not spec.get("context_fields") and not spec.get("context_template"):
             raise ConfigError("task.context_fields: name the context field(s) or give task.context_template")
-        if spec.get("scoring", "mean") not in ("sum", "mean"):
-            raise ConfigError(f"task.scoring: must be sum or mean, got {spec.scoring!r}")
+        if spec.get("scoring", "mean") not in SCORINGS:
+            raise ConfigError(f"task.scoring: must be {', '.join(SCORINGS[:-1])} or {SCORINGS[-1]}, got {spec.scoring!r}")
 
     def required_fields(self, spec):
         fields = list(spec.get("context_fields") or [])
@@ -94,11 +102,14 @@ class MultipleChoice(Shape):
         if model_kind == "encoder":
             def encode(batch):
                 rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-                out = {"choice_input_ids": [], "choice_token_type_ids": [], "labels": [], "length": []}
+                out = {"choice_input_ids": [], "choice_token_type_ids": [], "labels": [], "length": [], "cut_tokens": []}
                 for row in rows:
                     choices = choices_of(spec, row)
                     enc = tokenizer([context_text(spec, row)] * len(choices), choices,
                                     truncation=True, max_length=max_length)
+                    full = tokenizer([context_text(spec, row)] * len(choices), choices, verbose=False)["input_ids"]
+                    # the row's most-cut (context, choice) pair: the context counts once, not once per choice
+                    out["cut_tokens"].append(max(len(x) - len(y) for x, y in zip(full, enc["input_ids"])))
                     out["choice_input_ids"].append(enc["input_ids"])
                     out["choice_token_type_ids"].append(enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]])
                     out["labels"].append(row[label_field])
@@ -113,16 +124,22 @@ class MultipleChoice(Shape):
 
         def encode(batch):
             rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            out = {"input_ids": [], "choice_ids": [], "labels": [], "length": []}
+            out = {"choice_ids": [], "choice_chars": [], "labels": [], "length": []}
+            budgets = []
             for row in rows:
                 choices = [token_ids(tokenizer, " " + c) or [tokenizer.eos_token_id] for c in choices_of(spec, row)]
-                budget = max_length - max(len(c) for c in choices)
-                text = prompt_prefix + (fill(template, row) if template else context_text(spec, row))
-                prompt = tokenizer(text)["input_ids"][-budget:]  # keep the end: it holds the question
-                out["input_ids"].append(prompt)
+                budgets.append(max_length - max(len(c) for c in choices))
+                if budgets[-1] < 1:
+                    raise DataError(f"{spec.name} row {row.get('_row_id', '?')}: a choice of {max(map(len, choices))} "
+                                    f"tokens leaves no room for the context in trainer.max_length={max_length}; "
+                                    "raise trainer.max_length")
                 out["choice_ids"].append(choices)
+                out["choice_chars"].append([len(c) for c in choices_of(spec, row)])  # acc_norm's lengths
                 out["labels"].append(row[label_field])
-                out["length"].append(sum(len(prompt) + len(c) for c in choices))  # every choice is a forward pass
+            bodies = [fill(template, row) if template else context_text(spec, row) for row in rows]
+            out.update(fit_prompts(tokenizer, prompt_prefix, bodies, budgets))  # cut from the left: the end holds the question
+            # every choice is a forward pass
+            out["length"] = [sum(len(p) + len(c) for c in choices) for p, choices in zip(out["input_ids"], out["choice_ids"])]
             return out
 
         def train_lengths(ds):
@@ -133,11 +150,14 @@ class MultipleChoice(Shape):
                         predict=_decoder_predict, train_lengths=train_lengths)
 
     def finalize(self, spec, raw):
-        """Decoder predictions carry (sum, mean) choices: the primary one plus both, named."""
+        """Decoder predictions carry the choice each scoring picks (sum, per token, per character): the one
+        task.scoring names is the primary; all are recorded, named (accuracy_sum, accuracy_per_token and
+        accuracy_mean, acc_norm)."""
         if raw and isinstance(raw[0], (list, tuple)):
-            by_sum, by_mean = [p[0] for p in raw], [p[1] for p in raw]
-            primary = by_sum if spec.get("scoring", "mean") == "sum" else by_mean
-            return primary, {"sum": by_sum, "mean": by_mean}
+            by_sum, by_token, by_chars = ([p[i] for p in raw] for i in range(3))
+            primary = {"sum": by_sum, "mean": by_token, "per_token": by_token, "acc_norm": by_chars}
+            return primary[spec.get("scoring", "mean")], {"{metric}_sum": by_sum, "{metric}_per_token": by_token,
+                                                          "{metric}_mean": by_token, "acc_norm": by_chars}
         return raw, {}
 
     def demonstration(self, spec, row):
@@ -199,12 +219,19 @@ class _DecoderChoiceEvalCollator:
                 targets.append([0] * len(r["input_ids"]) + [1] * len(choice))
         return {**padded_inputs(seqs, self.pad_id), "target_mask": pad(targets, 0),
                 "n_choices": torch.tensor([len(r["choice_ids"]) for r in rows]),
+                "choice_chars": torch.tensor([n for r in rows for n in r["choice_chars"]]),
                 "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long)}
+
+
+def choice_picks(total: torch.Tensor, tokens: torch.Tensor, chars: torch.Tensor, counts: list[int]) -> list[list[int]]:
+    """Per row, the choice each scoring picks: [by summed log-probability, by log-probability per token, by
+    log-probability per character (lm-evaluation-harness's acc_norm)], from flat per-choice sums, token counts
+    and character counts."""
+    picks = [scores_per_row(score, counts).argmax(dim=-1).tolist()
+             for score in (total, total / tokens.clamp(min=1), total / chars.to(total.dtype).clamp(min=1))]
+    return [list(p) for p in zip(*picks)]
 
 
 def _decoder_predict(model, batch):
     total, count = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-    counts = batch["n_choices"].tolist()
-    by_sum = scores_per_row(total, counts).argmax(dim=-1).tolist()
-    by_mean = scores_per_row(total / count.clamp(min=1), counts).argmax(dim=-1).tolist()
-    return [[s, m] for s, m in zip(by_sum, by_mean)], 0
+    return choice_picks(total, count, batch["choice_chars"], batch["n_choices"].tolist()), 0
