@@ -38,9 +38,9 @@ class Counter:
 
 # ---------------------------------------------------------------------------- RAPL
 
-def rapl_counter(root: Path = RAPL_ROOT) -> tuple[Counter | None, str]:
-    """The RAPL package (and DRAM) zones under `root`, or (None, why not)."""
-    root = Path(root)
+def rapl_counter(root: Path | None = None) -> tuple[Counter | None, str]:
+    """The RAPL package (and DRAM) zones under `root` (default RAPL_ROOT), or (None, why not)."""
+    root = Path(root if root is not None else RAPL_ROOT)
     if not root.is_dir():
         return None, f"no RAPL: {root} does not exist"
     zones = []

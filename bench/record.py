@@ -19,6 +19,10 @@ from bench.units import human_bytes
 
 # the measurement sections whose scalar leaves become W&B summary keys "<section>/<key>" (schema: MIRRORED)
 SUMMARY_SECTIONS = schema.marked(schema.MIRRORED)
+# W&B history: the training curves' x-axes (train.train logs both in every row) and what is plotted against them
+TOKENS_AXIS, STEP_AXIS = "train/tokens_seen", "train/step"
+STEP_AXES = (STEP_AXIS, TOKENS_AXIS)
+CURVES = ("train/loss", "train/lr", "train/tokens_per_s", "dev/*")  # dev/*: dev scores at the end of training
 _SECRET = re.compile(r"(^|[_-])(api[_-]?key|key|token|secret|password)$", re.IGNORECASE)
 
 
@@ -126,7 +130,7 @@ class NullLogger:
     def finish(self, failed: bool = False) -> None: ...
 
 
-def _has_wandb_key() -> bool:
+def has_wandb_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
@@ -140,7 +144,7 @@ class WandbLogger:
     """One W&B run per job: offline by default, files under the run folder."""
 
     def __init__(self, logger_cfg, run_folder: Path, *, name: str, group: str, job_type: str, tags: list[str]):
-        if logger_cfg.mode == "online" and not _has_wandb_key():
+        if logger_cfg.mode == "online" and not has_wandb_key():
             from bench.config import ConfigError
 
             raise ConfigError("logger.mode: online needs a W&B API key: set WANDB_API_KEY or run `wandb login`, "
@@ -167,6 +171,8 @@ class WandbLogger:
         self.run = self._guard("init", wandb.init, project=self.cfg.project, entity=self.cfg.get("entity"),
                                mode=self.cfg.mode, dir=str(self.folder), config=redact(config), reinit=True,
                                **self.kwargs)
+        if self.run is not None:
+            self._guard("define_metric", define_axes, self.run)
 
     def log(self, values: dict) -> None:
         if self.run is not None:
@@ -196,10 +202,20 @@ class WandbLogger:
             self.run = None
 
 
+def define_axes(run) -> None:
+    """Curves on a shared axis: every CURVES key (and dev/*) is plotted against train/tokens_seen by default, and
+    train/step (optimizer steps) is in the same rows, so methods with different batch shapes line up."""
+    for axis in STEP_AXES:
+        run.define_metric(axis)
+    for key in CURVES:
+        run.define_metric(key, step_metric=TOKENS_AXIS)
+
+
 def read_wandb_run(run_folder: Path) -> dict:
     """Read an offline W&B run back with wandb's own reader (`wandb leet inspect --json`).
 
-    Returns {"summary": merged summary, "history": [logged rows], "config": {...}}.
+    Returns {"summary": merged summary, "history": [logged rows], "config": {...}, "group": ..., "job_type": ...,
+    "tags": [...], "axes": {metric or glob: its step metric ("" for an axis itself)}}.
     """
     import shutil as _shutil
     import subprocess
@@ -211,7 +227,7 @@ def read_wandb_run(run_folder: Path) -> dict:
     exe = _shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
     out = subprocess.run([exe, "leet", "inspect", "--json", str(files[-1])], capture_output=True, text=True,
                          timeout=120, check=True).stdout
-    summary, history, config = {}, [], {}
+    summary, history, config, run_info, axes = {}, [], {}, {}, {}
     for line in out.splitlines():
         if not line.startswith("{"):
             continue
@@ -222,4 +238,9 @@ def read_wandb_run(run_folder: Path) -> dict:
             history.append(rec["history"].get("item", {}))
         elif rec.get("type") == "run":
             config.update(rec["run"].get("config", {}).get("update", {}))
-    return {"summary": summary, "history": history, "config": config}
+            run_info.update(rec["run"])
+        elif rec.get("type") == "metric":
+            metric = rec["metric"]
+            axes[metric.get("name") or metric.get("glob_name", "")] = metric.get("step_metric", "")
+    return {"summary": summary, "history": history, "config": config, "group": run_info.get("run_group"),
+            "job_type": run_info.get("job_type"), "tags": list(run_info.get("tags") or []), "axes": axes}

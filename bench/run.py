@@ -1,6 +1,7 @@
 """One run, top to bottom: task -> model -> method -> train -> evaluate -> measure -> record."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from omegaconf import DictConfig
 
 from bench import batches as batching
 from bench import config as bconfig
-from bench import measure, record
+from bench import energy, measure, record
 from bench.checkpoint import Checkpointer, Preempted, PreemptionGuard
 from bench.train import Diverged
 
@@ -182,6 +183,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
     adapted, shape, pipeline = prep.adapted, prep.shape, prep.pipeline
 
     accelerator = train.make_accelerator(tr)
+    energy_meter = energy.meter_for(accelerator.device)  # NVML / RAPL where readable; source None otherwise
     total, trainable = measure.count_params(adapted.model)
     result["params"] = {"total": total, "trainable": trainable,
                         "trainable_percent": 100.0 * trainable / total if total else 0.0}
@@ -204,7 +206,8 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         order = batching.train_batches(prep.train_lengths, tr.batch_size, cfg.seed, tr.group_by_length, prep.epochs)
         order = order[:prep.total_steps]
         real, processed = batching.padding_stats(prep.train_lengths, order)
-        with Checkpointer(out / "checkpoints", tr.get("checkpoint_every"), guard=guard) as checkpointer:
+        with Checkpointer(out / "checkpoints", tr.get("checkpoint_every"), guard=guard) as checkpointer, \
+                energy_meter.phase("train"):
             train_stats = train.train(adapted.model, prep.train_ds, order, prep.train_lengths, pipeline.train_collate,
                                       lr=cfg.method.lr, trainer_cfg=tr, accelerator=accelerator, on_log=logger.log,
                                       checkpointer=checkpointer, loss_fn=adapted.training_loss(pipeline.loss),
@@ -213,17 +216,21 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
             return  # rank 0 evaluates, saves and records
         result["resumed_from_step"] = train_stats.resumed_from_step
         every = tr.log_every
+        seen = list(itertools.accumulate(sum(prep.train_lengths[i] for i in b) for b in order))[:len(train_stats.losses)]
         result["train_loss_curve"] = {"every_steps": every, "first_step": 1,
-                                      "loss": train_stats.losses[every - 1::every] if every > 1 else train_stats.losses}
+                                      "loss": train_stats.losses[every - 1::every] if every > 1 else train_stats.losses,
+                                      "tokens_seen": seen[every - 1::every] if every > 1 else seen}
         result["throughput"] = {"real_token_fraction": real / processed}
         adapted.model = accelerator.unwrap_model(adapted.model)
 
     try:
         guard.check("evaluate", step=train_stats.steps)
-        evaluations = {split: evaluate(split) for split in prep.eval_sets}
-        # the training loss on dev: bench-protocol's tie-break between equal dev scores
-        dev_loss = evaluation.split_loss(adapted.model, pipeline, prep.eval_sets["dev"], batch_size=tr.eval_batch_size,
-                                         accelerator=accelerator, guard=guard) if "dev" in prep.eval_sets else None
+        with energy_meter.phase("eval"):
+            evaluations = {split: evaluate(split) for split in prep.eval_sets}
+            # the training loss on dev: bench-protocol's tie-break between equal dev scores
+            dev_loss = evaluation.split_loss(adapted.model, pipeline, prep.eval_sets["dev"],
+                                             batch_size=tr.eval_batch_size, accelerator=accelerator,
+                                             guard=guard) if "dev" in prep.eval_sets else None
     except Preempted as err:  # keep the trained weights: the same command resumes straight to evaluation
         saved = checkpointer.save_final(adapted.model) if checkpointer is not None else None
         raise Preempted(train_stats.steps, saved, phase="evaluate", signal_name=err.signal_name) from None
@@ -233,6 +240,11 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         result["predictions"][split] = evaluation.save_predictions(out, ev, t.primary_metric)
     if dev_loss is not None:
         result["dev_loss"] = dev_loss
+    if "dev" in evaluations:  # W&B: the dev scores on the training curves' axis (a protocol trial's selection score)
+        logger.log({"step": train_stats.steps, "train/step": train_stats.steps,
+                    "train/tokens_seen": real if trainable > 0 else 0,
+                    **{f"dev/{k}": v for k, v in evaluations["dev"].metrics.items()},
+                    **({"dev/loss": dev_loss} if dev_loss is not None else {})})
     constant = shape.baseline(t, prep.data.train)
     if constant is not None:  # the majority class (or the train mean): what a model must beat
         majority = {"prediction": constant}
@@ -283,6 +295,10 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
     result["memory"] = measure.memory_section(train_stats.peak_memory if trainable > 0 else None,
                                               eval_stats.peak_memory)
     result["time"] = {"train_s": train_stats.seconds, "eval_s": sum(ev.seconds for ev in evaluations.values())}
+    # J per 1,000 real tokens of the steps this process trained (a resumed run: since the resume) / rows evaluated
+    measured_tokens = batching.padding_stats(prep.train_lengths, order[train_stats.resumed_from_step:])[0] \
+        if trainable > 0 else None
+    result["energy"] = energy_meter.section(measured_tokens, sum(len(ev.ids) for ev in evaluations.values()))
     result["env"] = measure.environment(accelerator.device, bconfig.project_root())
     result["conditions"] = {
         "device": result["env"]["device"], "device_name": result["env"]["device_name"],

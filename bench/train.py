@@ -1,6 +1,7 @@
 """The training loop: plain PyTorch on `accelerate`, measured as it runs (evaluation: bench/evaluation.py)."""
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
     loader = batch_loader(dataset, local, collate)
     # real-token counts come from the known lengths: no device sync needed to count them
     batch_tokens = [sum(lengths[i] for i in b) for b in batches]
+    tokens_seen = list(itertools.accumulate(batch_tokens))  # W&B's x-axis: real tokens trained on after each step
 
     memory = PeakMemory(device)
     memory.reset()
@@ -196,7 +198,13 @@ def train(model, dataset, batches: list[list[int]], lengths: list[int], collate,
         if log_now or save_now or stop:
             read_losses()  # never save a checkpoint of diverged weights
             if on_log and log_now:
-                on_log({"step": step, "train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0]})
+                # one row per log step on two axes (bench.record defines train/tokens_seen as the default x)
+                row = {"step": step, "train/step": step, "train/tokens_seen": tokens_seen[step - 1],
+                       "train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0]}
+                timed = meter.state()  # the device was just synchronised by read_losses
+                if timed["elapsed"] > 0 and timed["timed_tokens"]:  # after the warm-up steps
+                    row["train/tokens_per_s"] = timed["timed_tokens"] / timed["elapsed"]
+                on_log(row)
         if stop:  # a preemption signal: always leave a checkpoint to resume from
             with meter.paused():
                 saved = checkpointer.save(step, model, optimizer, scheduler, {"progress": progress_state()}) \

@@ -4,7 +4,7 @@ Usage: .venv/bin/python scripts/bench_report_speed.py [--runs 200] [--repeat 1] 
 The files mimic real ones, resolved config included (a few KB each), with some failed and diverged runs,
 a W&B folder per run and Hydra logs, so the walk and the parsing cost what they would in practice. Each
 finished run also has a gzip predictions file over its task's real validation size and a majority baseline,
-so the paired bootstraps (every row vs the majority baseline and vs the best row, seeds pooled) are timed too;
+so the paired tests (every row vs the majority baseline and every pair of rows: per-seed t and two-level bootstrap) are timed too;
 --no-predictions writes older-style files without them.
 """
 from __future__ import annotations

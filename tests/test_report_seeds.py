@@ -236,3 +236,20 @@ def test_several_configurations_compared_on_validation_are_flagged_biased(tmp_pa
         path.write_text(json.dumps(data))
     (section,) = collect(root).sections
     assert not any(BIASED in g.flags for g in section.groups)
+
+
+def test_rows_with_more_than_one_percent_truncated_are_flagged(tmp_path):
+    from bench.report.aggregate import TRUNCATED
+
+    root = tmp_path / "results"
+    for seed in (0, 1):
+        write_run(root, "rte", "full", seed, truncation={"validation": {"rows": 277, "truncated_rows": 33,
+                                                                        "truncated_fraction": 33 / 277,
+                                                                        "dropped_tokens": 1014}})
+        write_run(root, "rte", "lora", seed, truncation={"validation": {"rows": 277, "truncated_rows": 2,
+                                                                        "truncated_fraction": 2 / 277,
+                                                                        "dropped_tokens": 10}})
+        write_run(root, "rte", "prompt", seed)  # an older file: nothing recorded, nothing flagged
+    (section,) = collect(root).sections
+    flags = {g.method: g.flags for g in section.groups}
+    assert TRUNCATED in flags["full"] and TRUNCATED not in flags["lora"] and TRUNCATED not in flags["prompt"]

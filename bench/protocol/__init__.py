@@ -11,8 +11,9 @@ The command line is `key=value` items, parsed with Hydra's override grammar:
 - `task=`, `model=`, `method=` and `seed=` with one value or a comma list, read like a bench sweep:
   the tasks, models, methods and final seeds of the protocol (also `tasks=[..]`, `methods=[..]`);
 - everything else is a `bench` override handed unchanged to every run: trainer presets, experiments,
-  `hydra/launcher=joblib|submitit_local|slurm` and its settings, `logger=none`, `paths.*`, `force=true`.
-  An experiment's `hydra.sweeper.params` for task/model/method/seed become the protocol's lists.
+  `hydra/launcher=joblib|submitit_local|slurm` and its settings, `logger=none`, `paths.*`, `force=true`,
+  `hydra.searchpath=[file:///my/conf]` (tasks, methods... kept in your own config folder; the plan composes
+  with it too). An experiment's `hydra.sweeper.params` for task/model/method/seed become the protocol's lists.
 
 For each (task, model, method) "cell":
 

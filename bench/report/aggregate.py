@@ -21,6 +21,8 @@ BELOW_MAJORITY = "≤ majority"
 BIASED = "selected on validation (biased)"
 MIXED_CONDITIONS = "mixed conditions"
 DIRTY = "dirty tree"
+TRUNCATED = "truncated > 1 %"
+TRUNCATION_LIMIT = 0.01
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,16 @@ def _selected_on_dev(run: Run) -> bool:
     return isinstance(selection, dict) and selection.get("split", "dev") == "dev"
 
 
+def truncated_splits(run: Run) -> list[str]:
+    """The splits where more than 1 % of the rows lost tokens to trainer.max_length, or a k-shot prompt lost
+    demonstrations (result.json `truncation`; older files record nothing)."""
+    found = run.data.get("truncation")
+    if not isinstance(found, dict):
+        return []
+    return sorted(split for split, counts in found.items() if isinstance(counts, dict) and (
+        (num(counts.get("truncated_fraction")) or 0) > TRUNCATION_LIMIT or (num(counts.get("rows_with_fewer_shots")) or 0) > 0))
+
+
 def _flags(section: Section) -> None:
     all_shas = sorted({sha for g in section.groups for sha in g.shas})
     if len(all_shas) > 1:
@@ -327,6 +339,8 @@ def _flags(section: Section) -> None:
             g.flags.append("code " + ", ".join(map(short_sha, g.shas)) if g.shas else "code not recorded")
         if g.dirty:
             g.flags.append(DIRTY)
+        if any(truncated_splits(r) for r in g.runs):
+            g.flags.append(TRUNCATED)
         if len(g.conditions) > 1:
             g.flags.append(MIXED_CONDITIONS)
     keys = sorted({c for g in section.groups for c in g.conditions})

@@ -39,6 +39,9 @@ FLAG_NOTES = {
                 "several configurations of the same model and method shown side by side without a dev selection "
                 "record), so the best of them is an optimistic maximum",
     agg.DIRTY: "the code had uncommitted changes when a run started",
+    agg.TRUNCATED: "more than 1 % of a split's rows lost tokens to trainer.max_length, or a k-shot prompt showed "
+                   "fewer demonstrations than asked (result.json `truncation`): the figure is for cut inputs; raise "
+                   "trainer.max_length",
     agg.MIXED_CONDITIONS: "its runs ran under different conditions; its throughput, memory and time are not "
                           "compared",
 }

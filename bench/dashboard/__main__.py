@@ -1,0 +1,5 @@
+import sys
+
+from bench.dashboard.cli import main
+
+sys.exit(main())
