@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 from sacrebleu import corpus_bleu
+from scipy import stats as scipy_stats
 
 from bench.report import stats
 from bench.report.aggregate import BIASED, FAMILY_MAJORITY, FAMILY_PAIRS
@@ -27,7 +28,7 @@ def _verdict(a_by_seed, b_by_seed, metric="accuracy", refs=REFS):
     sources = list(a_by_seed) + list(b_by_seed)
     k = len(a_by_seed)
     (found,) = stats.seed_paired_differences(metric, refs, sources, [[(s, k + s) for s in range(k)]])
-    test = stats.seed_test(found.per_seed)
+    test = stats.seed_test(found.per_seed, resolution=1 / len(refs))  # as the report: one example's worth
     return found, test, stats.decide(found.diff, max(test.p, found.p))
 
 
@@ -61,7 +62,9 @@ def test_better_by_ten_points_on_every_one_of_five_seeds():
         a.append([int(i in right_a) for i in range(N)])
         b.append([int(i in right_b) for i in range(N)])
     found, test, verdict = _verdict(a, b)
-    assert found.per_seed == pytest.approx([0.1] * 5) and test.p == 0.0 and found.p < 0.01
+    # no spread over seeds counts as one example's worth (1/500): t = 0.1 / (0.002 / sqrt 5) with 4 df
+    assert found.per_seed == pytest.approx([0.1] * 5) and found.p < 0.01
+    assert test.p == pytest.approx(2 * scipy_stats.t.sf(0.1 / (0.002 / math.sqrt(5)), 4))
     assert verdict == stats.BETTER
     _, _, reverse = _verdict(b, a)
     assert reverse == stats.WORSE
@@ -75,6 +78,9 @@ def test_small_sample_seed_test_by_hand():
     assert test.seeds_needed == 9
     assert stats.seed_test([0.05]) is None  # one seed: no test
     assert stats.seed_test([0.0, 0.0]).p == 1.0
+    # equal differences on 3 seeds of 500 examples: the spread counts as one example (0.002), not as 0
+    agreed = stats.seed_test([0.01, 0.01, 0.01], resolution=0.002)
+    assert agreed.p == pytest.approx(2 * scipy_stats.t.sf(0.01 / (0.002 / math.sqrt(3)), 2)) and agreed.p > 0.01
 
 
 def test_pearson_per_seed_not_pooled():
@@ -170,28 +176,41 @@ def test_row_equal_to_majority_on_two_of_three_seeds_is_not_better(tmp_path):
     assert prompt.interval[0] > 0
 
 
-def test_holm_decides_a_section_and_verdicts_csv(tmp_path):
+def test_holm_adjusted_verdicts_by_hand():
+    from bench.report.aggregate import _correct
+    from bench.report.model import Comparison, Section
+
+    section = Section("rte", "accuracy", [], [])
+    # unadjusted all three would be "better"; Holm: 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, max(0.06, 0.04) = 0.06
+    tests = [Comparison("x", diff=0.05, seeds=3, examples=500, per_seed=[0.05, 0.04, 0.06], seed_p=p, p=p)
+             for p in (0.01, 0.04, 0.03)]
+    _correct(section, FAMILY_PAIRS, tests)
+    assert [c.adjusted_p for c in tests] == pytest.approx([0.03, 0.06, 0.06])
+    assert [c.verdict for c in tests] == [stats.BETTER, stats.SAME, stats.SAME]
+    assert all(c.family == FAMILY_PAIRS and c.family_size == 3 for c in tests)
+
+
+def test_a_section_is_corrected_per_family_and_written_to_verdicts_csv(tmp_path):
     root = tmp_path / "results"
     refs = [1] * 300 + [0] * 200  # majority 0.6
-    base = [1] * 500
 
-    def plus(k, skip=0):  # k more right than majority (flip the first k zeros to 0 after skipping `skip`)
+    def plus(k):  # k more examples right than the majority baseline
         return [1] * 300 + [0] * k + [1] * (200 - k)
 
-    # a: +4 points on every seed with no spread; its seed p is 0 and the bootstrap p about 0.001 -> better alone
-    # and after Holm; b: +1 point (5 examples) on every seed: bootstrap p about 0.06 -> not better
     _metric_runs(root, "rte", "accuracy", refs, {"a": [plus(20)] * 3, "b": [plus(5)] * 3}, majority=1)
     report = collect(root)
     (section,) = report.sections
-    majority_tests = [c for _, c in section.tests if c.family == FAMILY_MAJORITY]
-    assert len(majority_tests) == 2 and all(c.family_size == 2 for c in majority_tests)
-    ps = [c.p for c in majority_tests]
-    assert [c.adjusted_p for c in majority_tests] == pytest.approx(stats.holm(ps))
     groups = {g.method: g for g in section.groups}
-    assert groups["a"].vs_majority.verdict == stats.BETTER
-    b = groups["b"].vs_majority
-    assert b.adjusted_p == pytest.approx(min(1.0, max(b.p, min(ps) * 2)))
-    assert b.verdict == (stats.BETTER if b.adjusted_p <= 0.05 else stats.SAME)
+    a, b = groups["a"].vs_majority, groups["b"].vs_majority
+    # by hand: a +0.04 and b +0.01 on every seed; the seed spread counts as one example (0.002)
+    t_p = [2 * scipy_stats.t.sf(d / (0.002 / math.sqrt(3)), 2) for d in (0.04, 0.01)]
+    assert [a.seed_p, b.seed_p] == pytest.approx(t_p)
+    # the bootstrap's standard error is about sqrt(var of the per-example difference / 500)
+    z_b = 0.01 / math.sqrt((0.01 - 0.01 ** 2) / 500)
+    assert b.example_p == pytest.approx(2 * scipy_stats.norm.sf(z_b), rel=0.25)
+    assert (a.p, b.p) == (max(a.seed_p, a.example_p), max(b.seed_p, b.example_p))
+    assert (a.adjusted_p, b.adjusted_p) == pytest.approx((2 * a.p, max(2 * a.p, b.p)))
+    assert a.family_size == b.family_size == 2 and a.verdict == stats.BETTER
     written = build_report(root, tmp_path / "out")
     lines = written["verdicts"].read_text(encoding="utf-8").splitlines()
     assert lines[0].split(",") == VERDICT_COLUMNS

@@ -174,6 +174,7 @@ def test_seeds_pair_and_pool(tmp_path):
     assert (groups["lora"].vs_best.seeds, groups["lora"].vs_best.examples) == (2, 200)  # ids, all seeds each
     assert groups["lora"].vs_best.diff == pytest.approx(-0.26)
     assert groups["lora"].vs_best.per_seed == pytest.approx([-0.26, -0.26])
+    assert "seed(s) 2 without a partner" in groups["lora"].vs_best.reason  # never left out silently
     # one seed in common: the difference is shown, but training randomness is unmeasured, so no verdict
     assert (groups["prompt"].vs_best.seeds, groups["prompt"].vs_best.diff) == (1, 0.0)
     assert groups["prompt"].vs_best.verdict == "n/a" and "1 seed" in groups["prompt"].vs_best.reason

@@ -170,11 +170,11 @@ def test_every_committed_reference_report_rebuilds_byte_identically(folder, tmp_
 def test_wandb_summary_keys_are_the_flattened_schema_sections_of_a_real_result(real_run):
     _, on_disk, _ = real_run
     assert set(record.SUMMARY_SECTIONS) == {"metrics", "dev_metrics", "params", "storage", "throughput", "memory",
-                                            "time"}
+                                            "time", "energy"}
     flat = record.flatten(on_disk)
     # by hand: every scalar leaf of the mirrored sections the run wrote (metrics: every metric), and the status
     expected = {"status": "finished", "metrics/accuracy": on_disk["metrics"]["accuracy"]}
-    for section in ("params", "storage", "throughput", "memory", "time"):
+    for section in ("params", "storage", "throughput", "memory", "time", "energy"):
         for key, value in on_disk[section].items():
             if not isinstance(value, (dict, list)):
                 expected[f"{section}/{key}"] = value

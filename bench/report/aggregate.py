@@ -110,6 +110,10 @@ def _side(g: Group, majority: bool = False) -> _Side:
     return _Side(by_seed, problems)
 
 
+def _seed_order(seed: str) -> tuple:
+    return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
+
+
 def _shared(mine: _Side, theirs: _Side) -> tuple[tuple[str, ...], tuple[str, ...], str]:
     """(seeds both sides have, example ids every one of those runs has with the same reference, what was left
     out): the ids are clusters, so an id counts only when every seed of both sides saw it."""
@@ -122,6 +126,9 @@ def _shared(mine: _Side, theirs: _Side) -> tuple[tuple[str, ...], tuple[str, ...
                 if all(i in run and run[i][0] == example[0] for run in runs))
     missing = {seed for seed, _ in mine.problems + theirs.problems}
     left_out = [f"{len(missing)} seed(s) without predictions"] if missing else []
+    unpaired = sorted({s for s in [*mine.by_seed, *theirs.by_seed] if s not in seeds} - missing, key=_seed_order)
+    left_out += [f"seed(s) {', '.join(unpaired)} without a partner (the table's means include them)"] if unpaired \
+        else []
     skipped = len(first) - len(ids)
     left_out += [f"{skipped} examples without a matching id and reference in every run"] if skipped else []
     return seeds, ids, " and ".join(left_out) + " left out" if left_out else ""
@@ -129,7 +136,7 @@ def _shared(mine: _Side, theirs: _Side) -> tuple[tuple[str, ...], tuple[str, ...
 
 def _comparisons(section: Section, requests: list[tuple[Group, Group | None]]) -> list[Comparison]:
     """Each (a, b): row a minus row b (b None: the majority baseline) on validation, runs paired by seed and
-    examples by id: the per-seed differences, their paired t (stats.seed_test) and the two-level bootstrap over
+    examples by id: the per-seed differences, their paired t (stats.seed_test) and the cluster bootstrap over
     ids (stats.seed_paired_differences). Requests with the same seeds and ids share one bootstrap, which gives
     each the result it would get alone. Verdicts are set later, per family (_correct)."""
     sides: dict[tuple[int, bool], _Side] = {}
@@ -182,7 +189,7 @@ def _comparisons(section: Section, requests: list[tuple[Group, Group | None]]) -
             if isinstance(value, str):
                 results[n] = Comparison(other, seeds=len(seeds), examples=len(ids), reason=value)
                 continue
-            test = stats.seed_test(value.per_seed)
+            test = stats.seed_test(value.per_seed, resolution=1 / len(ids))
             results[n] = Comparison(
                 other, value.diff, value.interval, len(seeds), len(ids), stats.NA, note if test else
                 "; ".join(x for x in (ONE_SEED, note) if x), per_seed=value.per_seed, example_p=value.p,
@@ -198,6 +205,9 @@ def _correct(section: Section, family: str, tests: list[Comparison]) -> None:
         c.family, c.family_size, c.adjusted_p = family, len(tested), adjusted
         if c.seed_p is not None:
             c.verdict = stats.decide(c.diff, adjusted, section.maximise)
+            # planning figure at the family's strictest Holm threshold (alpha / m), about 50 % power
+            spread = stats.seed_spread(c.per_seed, 1 / c.examples)
+            c.seeds_needed = stats.seeds_needed(c.diff, spread, 1 - stats.ALPHA / len(tested))
 
 
 # ---------------------------------------------------------------------------- aggregation

@@ -73,7 +73,7 @@ def render_csv(report: Report) -> str:
 VERDICT_COLUMNS = ["task", "metric", "family", "family_size", "row", "compared_with", "difference", "per_seed_differences",
                    "seeds", "example_ids", "seed_ci_low", "seed_ci_high", "seed_p", "example_ci_low",
                    "example_ci_high", "example_p", "p", "p_holm", "test", "verdict", "seeds_needed", "note"]
-TEST_NAME = ("paired t over per-seed differences and two-level bootstrap over example ids; "
+TEST_NAME = ("paired t over per-seed differences and cluster bootstrap over example ids; "
              "p = max of the two, Holm within the family")
 
 

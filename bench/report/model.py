@@ -119,7 +119,7 @@ class Comparison:
     p-value), Holm-corrected over the family the comparison belongs to."""
     other: str                                   # what it is compared with: a row label or "majority baseline"
     diff: float | None = None                    # mean over seeds of the per-seed differences
-    interval: tuple[float, float] | None = None  # 95 % two-level bootstrap interval (example ids as clusters)
+    interval: tuple[float, float] | None = None  # 95 % percentile interval of the cluster bootstrap over example ids
     seeds: int = 0                               # seed-matched run pairs
     examples: int = 0                            # example ids shared by every run of both rows
     verdict: str = "n/a"                         # better / worse / not distinguishable / n/a

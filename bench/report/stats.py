@@ -6,8 +6,8 @@ and a verdict needs two tests to agree (an intersection-union test: p = the larg
 - the seed-level test: a paired t over the per-seed differences (n - 1 degrees of freedom), which measures
   training randomness on this validation set; its small-sample behaviour is known (a bootstrap over 3 seeds has
   10 distinct resamples and a far too narrow interval; an exact sign-flip test cannot reach 5 % below 5 seeds);
-- the example-level test: a two-level percentile bootstrap that resamples example ids as clusters (every seed
-  of an id together), computes the metric per seed on the resample (corpus metrics too: F1, MCC, correlations,
+- the example-level test: a cluster bootstrap that resamples example ids (every seed of an id together; the
+  seeds themselves are not resampled), computes the metric per seed on the resample (corpus metrics too: F1, MCC, correlations,
   BLEU) and averages over seeds, so its point value is the difference of the table's means.
 Each table's family of tests is then Holm-corrected (`holm`). Everything is deterministic: one generator seed
 for every comparison, resampling in batches whose size depends on the number of examples only, so a comparison
@@ -285,8 +285,8 @@ class Resampled:
     """One comparison over seed-matched runs and shared example ids."""
     diff: float                      # mean over seeds of the per-seed metric difference (= difference of means)
     per_seed: list[float]            # metric(this seed's run) - metric(the other's), on the shared ids
-    interval: tuple[float, float]    # two-level percentile bootstrap interval (ids as clusters)
-    p: float                         # two-sided bootstrap p-value (share of resamples on the far side of 0)
+    interval: tuple[float, float]    # percentile interval of the cluster bootstrap over ids
+    p: float                         # two-sided p: |diff| / the bootstrap standard error, normal approximation
 
 
 def seed_paired_differences(metric: str, refs: list, sources: list[list], comparisons: list[list[tuple[int, int]]],
@@ -323,8 +323,11 @@ def seed_paired_differences(metric: str, refs: list, sources: list[list], compar
         raise ValueError("the bootstrap interval is undefined")
     tail = (1 - CONFIDENCE) / 2
     lows, highs = np.quantile(distribution, [tail, 1 - tail], axis=1)
-    below, above = (distribution <= 0).sum(axis=1), (distribution >= 0).sum(axis=1)
-    pvalues = np.minimum(1.0, 2 * (np.minimum(below, above) + 1) / (N_RESAMPLES + 1))
+    # p from the bootstrap's standard error (normal approximation): a count of resamples past 0 would floor p
+    # at 2 / (N + 1), which Holm multiplies into a ceiling that large families could never get under
+    spread = distribution.std(axis=1, ddof=1)
+    z = np.divide(np.abs(diffs), spread, out=np.where(diffs != 0, np.inf, 0.0), where=spread > 0)
+    pvalues = 2 * stats.norm.sf(z)
     per_seed = [[float(per_pair[k]) for k in np.flatnonzero(owner == c)] for c in range(len(comparisons))]
     return [Resampled(float(d), ps, (float(lo), float(hi)), float(p))
             for d, ps, lo, hi, p in zip(diffs, per_seed, lows, highs, pvalues)]
@@ -357,19 +360,25 @@ class SeedTest:
     seeds_needed: int | None   # seeds for this interval to exclude 0 if mean and spread held; None: no difference
 
 
-def seed_test(per_seed: list[float], confidence: float = CONFIDENCE) -> SeedTest | None:
-    """Student-t test of mean(per_seed) = 0 with n - 1 degrees of freedom; None below 2 seeds. Equal
-    differences (no spread) give a zero-width interval: p = 0 unless they are all 0."""
+def seed_test(per_seed: list[float], resolution: float = 0.0, confidence: float = CONFIDENCE) -> SeedTest | None:
+    """Student-t test of mean(per_seed) = 0 with n - 1 degrees of freedom; None below 2 seeds. The spread is
+    taken as at least `resolution` (one example's worth, 1 / example ids, in the report): a few seeds whose
+    differences agree exactly are not certainty. With no spread and no resolution, p is 0 unless all are 0."""
     n = len(per_seed)
     if n < 2:
         return None
     x = np.asarray(per_seed, dtype=float)
-    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    mean, sd = float(x.mean()), max(float(x.std(ddof=1)), resolution)
     if sd == 0 or sd < 1e-12 * max(1.0, abs(mean)):
         return SeedTest(mean, (mean, mean), 0.0 if mean != 0 else 1.0, n if mean != 0 else None)
-    t_value = mean / (sd / np.sqrt(n))
-    p = float(2 * stats.t.sf(abs(t_value), n - 1))
-    return SeedTest(mean, t_interval(per_seed, confidence), p, seeds_needed(mean, sd, confidence))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
+    p = float(2 * stats.t.sf(abs(mean) / (sd / np.sqrt(n)), n - 1))
+    return SeedTest(mean, (mean - half, mean + half), p, seeds_needed(mean, sd, confidence))
+
+
+def seed_spread(per_seed: list[float], resolution: float = 0.0) -> float:
+    """The spread seed_test uses: the sample standard deviation, at least `resolution`."""
+    return max(float(np.std(per_seed, ddof=1)), resolution) if len(per_seed) >= 2 else 0.0
 
 
 MAX_SEEDS = 1000
@@ -377,7 +386,8 @@ MAX_SEEDS = 1000
 
 def seeds_needed(mean: float, sd: float, confidence: float = CONFIDENCE) -> int | None:
     """The smallest number of seeds whose t-interval half-width is below |mean| for this spread: a planning
-    figure (it takes the observed mean and spread as true), None when mean is 0 or more than MAX_SEEDS."""
+    figure (it takes the observed mean and spread as true, so it has about 50 % power), None when mean is 0 or
+    more than MAX_SEEDS."""
     if mean == 0:
         return None
     for n in range(2, MAX_SEEDS + 1):

@@ -18,10 +18,11 @@ LEGEND = ("Metric: mean ± sample standard deviation (ddof=1) over finished runs
           "mean over seeds (n/a for one seed); n counts the runs. Vs best and vs majority: the verdict on the paired "
           "difference of the primary metric on validation (runs paired by seed, examples by id). Seeds are the unit "
           "of replication: better or worse needs both a paired t over the per-seed differences (n - 1 degrees of "
-          "freedom) and a two-level bootstrap over example ids (all seeds of an id resampled together; the metric "
-          "computed per seed, then averaged; 2000 resamples, fixed seed) to exclude 0, with the larger of their two "
-          "p-values Holm-corrected over the table's family of tests (every row vs majority; every pair of rows); "
-          "else not distinguishable. One seed gives no verdict. Details below each table and in verdicts.csv. The "
+          "freedom; a spread below one example's worth counts as one example's worth) and a cluster bootstrap over "
+          "example ids (all seeds of an id resampled together; the metric computed per seed, then averaged; 2000 "
+          "resamples, fixed seed; p from its standard error) to reject 0, with the larger of their two p-values "
+          "Holm-corrected over the table's family of tests (every row vs majority; every pair of rows); else not "
+          "distinguishable. One seed gives no verdict. Details below each table and in verdicts.csv. The "
           "best row is the highest mean among rows that beat the majority baseline. Other columns are means over "
           "the same runs. "
           "**Bold**: best in its column (metric and throughput highest; parameters, bytes, memory and time "
@@ -185,8 +186,10 @@ def families_text(section: Section) -> str:
              agg.FAMILY_PAIRS: "every pair of rows (the vs-best and Pareto comparisons shown are among them)"}
     parts = [f"{names.get(f, f)} ({n} test{'s' if n != 1 else ''})" for f, n in sorted(sizes.items())]
     return ("Families of tests, each Holm-corrected at 5 %: " + "; ".join(parts) + ". p (Holm) is the adjusted "
-            "larger p-value of the paired t over seeds and the bootstrap over examples; \"≈ N seeds\" is how many "
-            "seeds the t-interval would need to exclude 0 if the observed mean difference and spread held.")
+            "larger p-value of the paired t over seeds and the bootstrap over examples. The two families together "
+            "allow about a 10 % chance of any false verdict in a table. \"≈ N seeds\": how many seeds the test over "
+            "seeds would need at the family's strictest threshold (5 % / tests) if the observed mean difference "
+            "and spread held (about even odds, not a guarantee); the test over examples may still decide.")
 
 
 def conditions_blocks(section: Section) -> list[Block]:
