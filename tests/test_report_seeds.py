@@ -272,3 +272,22 @@ def test_rows_with_more_than_one_percent_truncated_are_flagged(tmp_path):
     (section,) = collect(root).sections
     flags = {g.method: g.flags for g in section.groups}
     assert TRUNCATED in flags["full"] and TRUNCATED not in flags["lora"] and TRUNCATED not in flags["prompt"]
+
+
+def test_measured_energy_is_shown_with_its_source_and_estimates_are_not(tmp_path):
+    from test_report import md_tables
+
+    root = tmp_path / "results"
+    for seed in (0, 1):
+        write_run(root, "sst2", "full", seed, energy={"source": "rapl", "train_j": 30.0, "eval_j": 2.0,
+                                                      "j_per_1k_train_tokens": 3.0 + seed,
+                                                      "j_per_1k_eval_examples": 1.0})
+        write_run(root, "sst2", "lora", seed, energy={"source": "estimated", "train_j": 10.0,
+                                                      "j_per_1k_train_tokens": 1.0,
+                                                      "j_per_1k_eval_examples": 0.5})
+    written = build_report(root, tmp_path / "out")
+    rows = {r["method"]: r for r in md_tables(written["markdown"].read_text(encoding="utf-8"))[
+        "sst2: accuracy (higher is better)"] if "method" in r}
+    assert rows["full"]["train J / 1k tokens"] == "3.5 (rapl)" and rows["full"]["eval J / 1k examples"] == "1 (rapl)"
+    assert rows["lora"]["train J / 1k tokens"] == "–"  # an estimate is never shown as a measurement
+    assert "energy.j_per_1k_train_tokens" in written["csv"].read_text(encoding="utf-8").splitlines()[0]

@@ -41,6 +41,19 @@ def _trainable_pct(run: Run) -> float | None:
     return pct
 
 
+MEASURED_ENERGY = ("nvml", "rapl")
+
+
+def _measured_energy(run: Run, key: str) -> float | None:
+    energy = run.data.get("energy")
+    return run.get("energy", key) if isinstance(energy, dict) and energy.get("source") in MEASURED_ENERGY else None
+
+
+def energy_sources(g: Group) -> str:
+    return ", ".join(sorted({str(r.data["energy"].get("source")) for r in g.runs
+                             if isinstance(r.data.get("energy"), dict) and r.data["energy"].get("source")}))
+
+
 MEASURES = {
     "trainable": Measure("trainable params", lambda r: r.get("params", "trainable"), -1, False),
     "total": Measure("total params", lambda r: r.get("params", "total"), 0, False),
@@ -50,6 +63,9 @@ MEASURES = {
     "memory": Measure("memory (added)", lambda r: r.get("memory", "added_bytes"), -1, True),
     "train_s": Measure("train time", lambda r: r.get("time", "train_s"), -1, True),
     "mfu": Measure("MFU", lambda r: r.get("throughput", "mfu"), +1, True),
+    # measured energy only (NVML or RAPL counters, result.json energy.source); never an estimate
+    "energy_train": Measure("train J / 1k tokens", lambda r: _measured_energy(r, "j_per_1k_train_tokens"), -1, True),
+    "energy_eval": Measure("eval J / 1k examples", lambda r: _measured_energy(r, "j_per_1k_eval_examples"), -1, True),
 }
 PARETO_COSTS = {"params": "trainable", "bytes": "stored_bytes"}
 

@@ -27,6 +27,7 @@ SECTION_COLUMNS = {
     "memory": ["added_bytes", "peak_bytes", "train_added_bytes", "train_peak_bytes", "eval_added_bytes",
                "eval_peak_bytes", "method"],
     "time": ["train_s", "eval_s", "total_s"],
+    "energy": ["source", "train_j", "eval_j", "j_per_1k_train_tokens", "j_per_1k_eval_examples"],
 }
 CONDITIONS = ["device", "device_name", "torch_threads", "launcher", "processes", "precision"]
 ENV = ["git_sha", "git_dirty", "torch", "transformers", "peft"]

@@ -48,7 +48,8 @@ FLAG_NOTES = {
 }
 SHOWN = ["trainable", "trainable_pct", "stored_bytes", "tokens_per_s", "memory", "train_s"]
 FORMATS = {"trainable": fmt_count, "total": fmt_count, "trainable_pct": fmt_pct, "stored_bytes": fmt_bytes,
-           "tokens_per_s": fmt_rate, "memory": fmt_bytes, "train_s": fmt_seconds, "mfu": fmt_plain}
+           "tokens_per_s": fmt_rate, "memory": fmt_bytes, "train_s": fmt_seconds, "mfu": fmt_plain,
+           "energy_train": fmt_plain, "energy_eval": fmt_plain}
 
 
 def _best_rows(section: Section, key: str) -> set[int]:
@@ -102,7 +103,8 @@ def _pareto_text(g: Group, name: str) -> str:
 def section_table(section: Section) -> Table:
     groups = section.groups
     show_variant = any(g.short_variant for g in groups)
-    keys = SHOWN + (["mfu"] if any(g.values.get("mfu") is not None for g in groups) else [])
+    keys = SHOWN + [k for k in ("mfu", "energy_train", "energy_eval")
+                    if any(g.values.get(k) is not None for g in groups)]
     show_best = any(g.vs_best is not None for g in groups)
     show_majority = section.baseline is not None
     show_conditions = bool(section.condition_keys)
@@ -130,6 +132,8 @@ def section_table(section: Section) -> Table:
             value = FORMATS[k](g.values.get(k))
             if k == "memory" and g.memory_kind == "peak":
                 value += " (peak)"
+            if k.startswith("energy_") and g.values.get(k) is not None:
+                value += f" ({agg.energy_sources(g)})"  # the counter it was read from
             row.append(Cell(value, i in best[k]))
         if show_conditions:
             row += cells(", ".join(section.condition_keys[c] for c in g.conditions) or DASH)
