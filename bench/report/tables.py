@@ -152,7 +152,8 @@ def section_table(section: Section) -> Table:
 
 
 def _per_seed_text(c) -> str:
-    return ", ".join(f"{d:+.3f}" for d in c.per_seed) if c.per_seed else DASH
+    # round first, then add 0.0: a tiny negative difference shows as +0.000, not -0.000
+    return ", ".join(f"{round(d, 3) + 0.0:+.3f}" for d in c.per_seed) if c.per_seed else DASH
 
 
 def _p_text(p: float | None) -> str:

@@ -23,6 +23,7 @@ from bench.metrics.extract import extract_last_number
 from bench.shapes.base import (MIN_PROMPT_TOKENS, DataError, ModelHead, Pipeline, Shape, answer_batch, fill,
                                fit_prompts, map_rows, padded_inputs, token_ids)
 
+
 def last_number(text: str) -> str:
     """GSM8K's answer extraction: the last number in the text, thousands commas removed ('' if none)."""
     return extract_last_number(text) or ""
