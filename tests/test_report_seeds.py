@@ -75,7 +75,7 @@ def test_small_sample_seed_test_by_hand():
     test = stats.seed_test([-0.003, -0.022, -0.118])
     assert test.interval == pytest.approx((-0.2008, 0.1055), abs=1e-3) and test.p > 0.3
     # if that mean and spread held, about 9 seeds would separate it: t(0.975, 8) * 0.0617 / 3 < 0.0477
-    assert test.seeds_needed == 9
+    assert stats.seeds_needed(test.mean, stats.seed_spread([-0.003, -0.022, -0.118])) == 9
     assert stats.seed_test([0.05]) is None  # one seed: no test
     assert stats.seed_test([0.0, 0.0]).p == 1.0
     # equal differences on 3 seeds of 500 examples: the spread counts as one example (0.002), not as 0

@@ -15,6 +15,7 @@ from typing import Callable
 from bench.report import stats
 from bench.report.fmt import DASH, dig, num, text
 from bench.report.model import FAILED, Baseline, Comparison, Group, Run, Section, seed_key
+from bench.report.read import variant_overrides
 
 MAJORITY = "majority baseline"
 BELOW_MAJORITY = "≤ majority"
@@ -210,7 +211,7 @@ def _comparisons(section: Section, requests: list[tuple[Group, Group | None]]) -
                 other, value.diff, value.interval, len(seeds), len(ids), stats.NA, note if test else
                 "; ".join(x for x in (ONE_SEED, note) if x), per_seed=value.per_seed, example_p=value.p,
                 seed_interval=test.interval if test else None, seed_p=test.p if test else None,
-                p=max(test.p, value.p) if test else value.p, seeds_needed=test.seeds_needed if test else None)
+                p=max(test.p, value.p) if test else value.p)
     return results
 
 
@@ -374,31 +375,16 @@ def _flags(section: Section) -> None:
         section.condition_keys = {c: chr(ord("A") + i) if i < 26 else f"C{i + 1}" for i, c in enumerate(keys)}
 
 
-def _variant_items(variant: str) -> dict[str, str]:
-    """"a=1,b=[x,y]" -> {"a": "a=1", "b": "b=[x,y]"} (commas inside brackets or quotes stay in their item)."""
-    items, depth, quote, current = {}, 0, "", ""
-    for ch in variant + ",":
-        if ch == "," and depth == 0 and not quote:
-            if current:
-                items[current.split("=", 1)[0]] = current
-            current = ""
-            continue
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        current += ch
-    return items
+def _variant_items(g: Group) -> dict[str, str]:
+    """The group's variant as {override key: "key=value"} (all runs of a group share their variant)."""
+    run = (g.runs or g.excluded)[0]
+    return {entry.split("=", 1)[0]: entry for entry in variant_overrides(run.data.get("overrides"))}
 
 
 def short_labels(groups: list[Group]) -> None:
     """Set each group's short label: only what differs between the rows of its section (the model when models
     differ, the method, the overrides whose values differ); the full variant stays in the runs table and CSV."""
-    items = [_variant_items(g.variant) for g in groups]
+    items = [_variant_items(g) for g in groups]
     keys = sorted({k for found in items for k in found})
     differing = [k for k in keys if len({found.get(k) for found in items}) > 1]
     several_models = len({g.model for g in groups}) > 1

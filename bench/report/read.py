@@ -35,8 +35,13 @@ IDENTITY_PREFIXES = ("paths.", "logger.", "hydra.")
 def variant_of(overrides: Any) -> str:
     """Short label for how a run's config differs within its (task, model, method): the overrides
     that are not the group keys, seeds or output locations, e.g. "method.lr=0.001"."""
+    return ",".join(variant_overrides(overrides))
+
+
+def variant_overrides(overrides: Any) -> list[str]:
+    """The override items variant_of joins, sorted."""
     if not isinstance(overrides, list):
-        return ""
+        return []
     kept = []
     for item in overrides:
         entry = text(item).strip()
@@ -44,7 +49,7 @@ def variant_of(overrides: Any) -> str:
         if not key or key in IDENTITY_KEYS or key.endswith("seed") or key.startswith(IDENTITY_PREFIXES):
             continue
         kept.append(entry)
-    return ",".join(sorted(kept))
+    return sorted(kept)
 
 
 def primary_of(data: Result) -> tuple[str, float | None, float | None]:

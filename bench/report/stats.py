@@ -357,7 +357,6 @@ class SeedTest:
     mean: float
     interval: tuple[float, float]
     p: float
-    seeds_needed: int | None   # seeds for this interval to exclude 0 if mean and spread held; None: no difference
 
 
 def seed_test(per_seed: list[float], resolution: float = 0.0, confidence: float = CONFIDENCE) -> SeedTest | None:
@@ -370,10 +369,10 @@ def seed_test(per_seed: list[float], resolution: float = 0.0, confidence: float 
     x = np.asarray(per_seed, dtype=float)
     mean, sd = float(x.mean()), max(float(x.std(ddof=1)), resolution)
     if sd == 0 or sd < 1e-12 * max(1.0, abs(mean)):
-        return SeedTest(mean, (mean, mean), 0.0 if mean != 0 else 1.0, n if mean != 0 else None)
+        return SeedTest(mean, (mean, mean), 0.0 if mean != 0 else 1.0)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
     p = float(2 * stats.t.sf(abs(mean) / (sd / np.sqrt(n)), n - 1))
-    return SeedTest(mean, (mean - half, mean + half), p, seeds_needed(mean, sd, confidence))
+    return SeedTest(mean, (mean - half, mean + half), p)
 
 
 def seed_spread(per_seed: list[float], resolution: float = 0.0) -> float:
