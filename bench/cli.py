@@ -7,7 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from bench.config import CONF_DIR, ConfigError, register_resolvers
+from bench.config import CONF_DIR, register_resolvers
+from bench.errors import ConfigError
 
 # SIGTERM'd runs save a checkpoint and exit with this code (EX_TEMPFAIL: "try again"); the same
 # command then resumes from the checkpoint.
@@ -24,7 +25,7 @@ def _main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from bench.config import validate
+    from bench.checks import validate
 
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN

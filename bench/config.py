@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import re
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +19,7 @@ from omegaconf.errors import (ConfigKeyError, InterpolationResolutionError, Inte
                               MissingMandatoryValue, OmegaConfBaseException)
 
 from bench import schema
+from bench.errors import ConfigError, require as _require
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR.parent / "conf"
@@ -26,8 +28,6 @@ CONF_DIR = PACKAGE_DIR.parent / "conf"
 # (selection_file is a path: its content hash stands in for it.)
 VOLATILE_KEYS = ("paths", "logger", "force", "sweep", "hydra", "selection_file")
 
-class ConfigError(ValueError):
-    """A configuration problem found before any compute; the message names the key and the fix."""
 
 
 def project_root() -> Path:
@@ -106,31 +106,35 @@ def run_dir(cfg: DictConfig) -> Path:
 
 # -------------------------------------------------------------------------------- validation
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Checks that catch impossible settings in about a second, before any data or model is loaded.
+def check(cfg: DictConfig) -> DictConfig:
+    """The config's own checks (schema types and ranges, rules between keys, data, PEFT fields), in about
+    a second and without importing torch, PEFT, the methods or the shapes. bench.checks.validate adds what
+    the task's shape and the method say of each other.
 
     Returns the config typed by bench.schema (every declared key present, defaults filled in).
     """
     register_resolvers()
-    try:
+    with explained():
         typed = _typed(cfg)
         _check_rules(typed, schema.BenchConfig)
         _check_config(typed)
         _check_fit(typed)
         _check_data(typed)
-        _check_method(typed)
+        _check_peft(typed)
+    return typed
+
+
+@contextmanager
+def explained():
+    """Any error raised by a check, as a ConfigError that says which key and what is allowed."""
+    try:
+        yield
     except ConfigError:
         raise
     except OmegaConfBaseException as err:
         raise _explain(err) from None
     except Exception as err:  # a wrong type compared, a missing value: still the config's fault
         raise ConfigError(f"invalid configuration ({type(err).__name__}: {err})") from None
-    return typed
-
-
-def _require(cond: bool, key: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {message}")
 
 
 def _int_at_least(value: Any, least: int) -> bool:
@@ -299,9 +303,8 @@ def _check_data(cfg: DictConfig) -> None:
 _R_MAY_BE_ZERO = ("OFTConfig",)
 
 
-def _check_method(cfg: DictConfig) -> None:
-    """The method's own check (bench.methods: a PEFT method builds its PEFT config with the task type,
-    so PEFT refuses what it refuses), after the checks that need neither torch nor PEFT."""
+def _check_peft(cfg: DictConfig) -> None:
+    """A PEFT method's fields, read from PEFT's source (the config is built, and checked by PEFT, later)."""
     method, peft_cfg = cfg.method, cfg.method.peft
     if peft_cfg is not None:
         _require(isinstance(peft_cfg, DictConfig) and str(peft_cfg.get("_target_", "")).startswith("peft."),
@@ -317,13 +320,6 @@ def _check_method(cfg: DictConfig) -> None:
         _require(from_text or _int_at_least(n, 1), "method.peft.num_virtual_tokens",
                  f"must be an integer >= 1 (or null with method.init.mode=text), got {n!r}")
         _check_peft_fields(class_name, given)
-
-    from bench import methods, shapes
-
-    shape = shapes.get(cfg.task.shape)
-    shape.check(cfg.task, cfg.model.kind)
-    shape.check_budget(cfg.task, cfg.model.kind, cfg.trainer.max_length)  # room for the prompt and the answer
-    methods.get(method).check(cfg.model.kind, cfg.task.shape)
 
 
 # Plain annotations of PEFT config fields whose (non-null) values are checked without importing PEFT.

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench import batches as batching
-from bench.measure import PeakMemory, Throughput
+from bench.measure.memory import PeakMemory
+from bench.measure.throughput import Throughput
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Evaluation:
 
     def flop_rates(self, batch_size: int | None) -> tuple:
         """(positions the model read per second, samples/s, samples per batch): what eval FLOPs and MFU count
-        (bench.measure.mfu_section). The input tokens, plus on generation tasks every generated token, each
+        (bench.measure.flops.mfu_section). The input tokens, plus on generation tasks every generated token, each
         read once (through the KV cache) to produce the next one; tokens_per_s stays the input tokens alone."""
         read = None if self.tokens_per_s is None else self.tokens_per_s + (self.generate_tokens_per_s or 0.0)
         return read, self.samples_per_s, batch_size

@@ -145,7 +145,7 @@ class WandbLogger:
 
     def __init__(self, logger_cfg, run_folder: Path, *, name: str, group: str, job_type: str, tags: list[str]):
         if logger_cfg.mode == "online" and not has_wandb_key():
-            from bench.config import ConfigError
+            from bench.errors import ConfigError
 
             raise ConfigError("logger.mode: online needs a W&B API key: set WANDB_API_KEY or run `wandb login`, "
                                "or use logger.mode=offline (the default) and `wandb sync` later")

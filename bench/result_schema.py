@@ -128,7 +128,7 @@ class Throughput(TypedDict):
     generate_tokens_per_s: NotRequired[float | None]  # generation tasks
     generate_samples_per_s: NotRequired[float | None]
     generated_tokens: NotRequired[int]
-    # FLOPs and MFU (bench.measure.mfu_section)
+    # FLOPs and MFU (bench.measure.flops.mfu_section)
     train_flops_per_token: float | None
     train_flops_per_sample: float | None
     train_flops_per_batch: float | None
@@ -235,7 +235,7 @@ class Time(TypedDict):
 
 
 class Energy(TypedDict):
-    """Energy of the train and eval phases from a measured counter (bench.energy): NVML on NVIDIA GPUs, RAPL on
+    """Energy of the train and eval phases from a measured counter (bench.measure.energy): NVML on NVIDIA GPUs, RAPL on
     CPUs; `source` None (and `note` says why) where there is no readable counter. bench never writes
     "estimated": the value is reserved for figures not read from a counter, which must never pass as measured."""
     source: Literal["nvml", "rapl", "estimated"] | None

@@ -13,8 +13,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bench import batches as batching
+from bench import checks
 from bench import config as bconfig
-from bench import energy, measure, record
+from bench import record
+from bench.measure import energy, environment, flops, memory, storage
 from bench.checkpoint import Checkpointer, Preempted, PreemptionGuard
 from bench.train import Diverged
 
@@ -35,7 +37,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, command: list[s
     overrides / command: the Hydra overrides of this job and the command line of the sweep, recorded
     so that a report can say exactly what produced each run.
     """
-    cfg = bconfig.validate(cfg)  # typed: every schema key present, defaults filled in
+    cfg = checks.validate(cfg)  # typed: every schema key present, defaults filled in
     out = bconfig.run_dir(cfg)
     previous = None if cfg.force else record.read_result(out)  # force: a refused or finished file is overwritten
     if previous and previous.get("status") == "finished" and not cfg.force:
@@ -172,7 +174,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
     from bench import evaluation, train
 
     t, m, tr = cfg.task, cfg.model, cfg.trainer
-    measure.release_earlier_jobs()  # a multirun's earlier models must not count in this run's peak
+    memory.release_earlier_jobs()  # a multirun's earlier models must not count in this run's peak
     set_seed(cfg.seed)
     result["seeds"] = {"python": cfg.seed, "numpy": cfg.seed, "torch": cfg.seed, "batch_order": cfg.seed,
                        "data_subset": tr.data_seed, "demonstrations": cfg.seed}
@@ -184,7 +186,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
 
     accelerator = train.make_accelerator(tr)
     energy_meter = energy.meter_for(accelerator.device)  # NVML / RAPL where readable; source None otherwise
-    total, trainable = measure.count_params(adapted.model)
+    total, trainable = storage.count_params(adapted.model)
     result["params"] = {"total": total, "trainable": trainable,
                         "trainable_percent": 100.0 * trainable / total if total else 0.0}
     result["budget"] = {"epochs": prep.epochs, "steps": prep.total_steps if trainable > 0 else 0,
@@ -267,7 +269,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         result["adaptation"] = facts
 
     kept_dir = adapted.save(out)
-    kept = measure.storage(kept_dir)
+    kept = storage.storage(kept_dir)
     kept["kept"] = adapted.kept_by_default(tr.keep_weights)
     if not kept["kept"]:
         shutil.rmtree(kept_dir, ignore_errors=True)
@@ -292,14 +294,14 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
                                      "generate_samples_per_s": eval_stats.samples_per_s,
                                      "generated_tokens": eval_stats.generated_tokens})
     # the run's own memory (above each phase's starting level) and the absolute peak, per phase
-    result["memory"] = measure.memory_section(train_stats.peak_memory if trainable > 0 else None,
+    result["memory"] = memory.memory_section(train_stats.peak_memory if trainable > 0 else None,
                                               eval_stats.peak_memory)
     result["time"] = {"train_s": train_stats.seconds, "eval_s": sum(ev.seconds for ev in evaluations.values())}
     # J per 1,000 real tokens of the steps this process trained (a resumed run: since the resume) / rows evaluated
     measured_tokens = batching.padding_stats(prep.train_lengths, order[train_stats.resumed_from_step:])[0] \
         if trainable > 0 else None
     result["energy"] = energy_meter.section(measured_tokens, sum(len(ev.ids) for ev in evaluations.values()))
-    result["env"] = measure.environment(accelerator.device, bconfig.project_root())
+    result["env"] = environment.environment(accelerator.device, bconfig.project_root())
     result["conditions"] = {
         "device": result["env"]["device"], "device_name": result["env"]["device_name"],
         "torch_threads": result["env"]["torch_threads"], "processes": accelerator.num_processes,
@@ -308,11 +310,11 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
     }
 
     # MFU: linear-layer FLOPs from the model's structure; positions = real tokens + virtual positions
-    precision = measure.matmul_precision(accelerator.mixed_precision, accelerator.device)
+    precision = flops.matmul_precision(accelerator.mixed_precision, accelerator.device)
     result["conditions"]["precision"] = precision
-    profile = measure.flop_profile(adapted.model)
+    profile = flops.flop_profile(adapted.model)
     per_batch = lambda samples, steps: samples / steps if steps else None  # noqa: E731
-    result["throughput"].update(measure.mfu_section(
+    result["throughput"].update(flops.mfu_section(
         profile, device=accelerator.device, device_name=result["env"]["device_name"], precision=precision,
         virtual_positions=adapted.virtual_positions,
         train_rates=(train_stats.tokens_per_s, train_stats.samples_per_s,

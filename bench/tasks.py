@@ -15,7 +15,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bench import shapes
-from bench.config import HUB_TIMEOUT_S, ConfigError, hub_address, hub_reachable, offline
+from bench.config import HUB_TIMEOUT_S, hub_address, hub_reachable, offline
+from bench.errors import ConfigError
 from bench.shapes import DataError
 
 SPLITS = ("train", "validation")

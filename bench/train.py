@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.checkpoint import Preempted
-from bench.measure import PeakMemory, Throughput, combine_readings
+from bench.measure.memory import PeakMemory, combine_readings
+from bench.measure.throughput import Throughput
 
 
 class Diverged(RuntimeError):

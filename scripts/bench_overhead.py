@@ -23,7 +23,7 @@ from omegaconf import open_dict
 
 from bench import batches as batching
 from bench.config import CONF_DIR, register_resolvers
-from bench.measure import synchronize
+from bench.measure.memory import synchronize
 from bench.run import prepare
 from bench.train import batch_loader, make_accelerator, train
 

@@ -238,7 +238,7 @@ def measure(method: str, args) -> dict:
     from bench import batches as batching
     from bench import models, shapes, tasks
     from bench.config import CONF_DIR
-    from bench.measure import count_params
+    from bench.measure.storage import count_params
     from bench.run import apply_method
     from bench.train import make_accelerator, train
 
@@ -338,7 +338,7 @@ def measure(method: str, args) -> dict:
                saved_by_shape=max(after_forward, key=lambda r: r["saved_bytes"])["saved_by_shape"] if after_forward else [])
     if args.eval:
         from bench import evaluation
-        from bench.measure import PeakMemory
+        from bench.measure.memory import PeakMemory
 
         mem = PeakMemory(torch.device("cpu"))
         mem.reset()

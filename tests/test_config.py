@@ -12,15 +12,15 @@ import pytest
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from bench import config, schema
-from bench.config import ConfigError
+from bench import checks, config, schema
+from bench.errors import ConfigError
 
 SHARED_DATA = Path(config.default_data_dir())
 
 
 def _refused(cfg) -> str:
     with pytest.raises(ConfigError) as err:
-        config.validate(cfg)
+        checks.validate(cfg)
     return str(err.value)
 
 
@@ -142,7 +142,7 @@ def test_settings_that_do_not_fit_together_are_refused(compose, overrides, messa
     ["task=e2e_nlg", "model=tiny-llama", "method=prompt"],
 ])
 def test_settings_that_fit_pass(compose, overrides):
-    config.validate(compose(*overrides))
+    checks.validate(compose(*overrides))
 
 
 def _model_for(task: str) -> str:
@@ -160,7 +160,7 @@ def test_every_shipped_config_file_passes_the_schema(compose, group, name):
             overrides.append("trainer=quick-generation")
     if group == "method" and name == "hard_prompt":
         overrides.append("model=tiny-llama")
-    typed = config.validate(compose(*overrides))
+    typed = checks.validate(compose(*overrides))
     assert typed[group].name == name
     assert typed.trainer.eval_split in ("validation", "dev", "both")  # declared keys are present, with defaults
 
@@ -209,11 +209,11 @@ def test_wrong_peft_key_fails_in_seconds_from_the_command_line(tmp_path):
 
 def test_validation_takes_well_under_a_second(compose):
     good, bad = compose(), compose("trainer.batch_size=0")
-    config.validate(good)  # the first call imports PEFT (seconds); a run imports it anyway
+    checks.validate(good)  # the first call imports PEFT (seconds); a run imports it anyway
     for cfg in (good, bad):
         started = time.perf_counter()
         try:
-            config.validate(cfg)
+            checks.validate(cfg)
         except ConfigError:
             pass
         assert time.perf_counter() - started < 1.0
@@ -233,7 +233,7 @@ def test_missing_data_online_with_a_hub_dataset_is_allowed(compose, tmp_path, mo
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(config, "hub_reachable", lambda *a, **k: True)
-    config.validate(compose(f"paths.data_dir={tmp_path}"))  # the hub is tried when the run loads data
+    checks.validate(compose(f"paths.data_dir={tmp_path}"))  # the hub is tried when the run loads data
     message = _refused(compose(f"paths.data_dir={tmp_path}", "task.hub=null"))
     assert f"{tmp_path}/sst2/validation.jsonl not found" in message and "hub" not in message.split(".")[0]
 

@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from bench import batches, config, measure, methods, models, shapes, tasks
+from bench import batches, checks, config, methods, models, shapes, tasks
+from bench.errors import ConfigError
+from bench.measure import storage
 from bench.run import execute
 
 METHODS = ["full", "lora", "prefix", "prompt"]
@@ -134,7 +136,7 @@ def test_storage_counts_safetensors_values(tmp_path):
     save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(tmp_path / "w.safetensors"))
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "README.md").write_text("a model card nobody needs to load the weights")
-    info = measure.storage(tmp_path)
+    info = storage.storage(tmp_path)
     assert info["stored_params"] == 17
     assert info["bytes"] == (tmp_path / "w.safetensors").stat().st_size + 2
     assert set(info["files"]) == {"w.safetensors", "config.json", "README.md"}
@@ -150,8 +152,8 @@ def test_storage_counts_safetensors_values(tmp_path):
 ])
 def test_impossible_values_fail_before_compute_naming_the_key(compose, override, key):
     cfg = compose(*override.split())
-    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
-        config.validate(cfg)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        checks.validate(cfg)
 
 
 def test_shipped_metrics_load_offline():

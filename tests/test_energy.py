@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import config, energy
+from bench import config
+from bench.measure import energy
 from bench.run import execute
 
 

@@ -71,3 +71,28 @@ def test_no_module_or_script_imports_another_modules_private_names():
     offenders = [f"{path.relative_to(root.parent)}:{use}" for path in files
                  for use in private_uses(path.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def bench_imports(path: Path) -> set[str]:
+    """The bench modules a file imports (at any depth of the file: function-level imports count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "bench":
+            found.update(f"{node.module}.{a.name}" if node.module == "bench" else node.module for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "bench")
+    return found
+
+
+def test_config_methods_and_shapes_import_no_circle():
+    """ConfigError lives below them (bench.errors); the check that asks shapes and methods (bench.checks)
+    sits above them, so config <-> methods/shapes is not a circle."""
+    root = Path(bench.__file__).parent
+    below = {f: bench_imports(f) for f in [*root.glob("methods/*.py"), *root.glob("shapes/*.py")]}
+    assert len(below) >= 8
+    assert {str(f.relative_to(root)) for f, names in below.items() if "bench.config" in names} == set()
+    assert all("bench.errors" in names for f, names in below.items() if "ConfigError(" in f.read_text())
+    config_imports = bench_imports(root / "config.py")
+    assert "bench.errors" in config_imports
+    assert not any(n.startswith(("bench.methods", "bench.shapes", "bench.checks")) for n in config_imports)
+    assert {"bench.methods", "bench.shapes"} <= bench_imports(root / "checks.py")

@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench import measure
+from bench.measure import flops, memory, storage
 from bench import train as train_mod
 from bench.checkpoint import Checkpointer, Preempted, PreemptionGuard
-from bench.measure import PeakMemory, Throughput
+from bench.measure.memory import PeakMemory
+from bench.measure.throughput import Throughput
 
 CPU = torch.device("cpu")
 MB = 1024 * 1024
@@ -61,7 +62,7 @@ def test_release_earlier_jobs_frees_a_model_left_in_a_reference_cycle():
     """A PEFT-wrapped model sits in reference cycles: it outlives its job until the collector runs."""
     import gc
 
-    from bench.measure import release_earlier_jobs
+    from bench.measure.memory import release_earlier_jobs
 
     class Job:  # a cycle holding 400 MB, as an earlier job's model would
         def __init__(self):
@@ -96,12 +97,12 @@ def test_cuda_added_memory_is_peak_minus_allocated_at_reset():
 def test_memory_section_takes_the_largest_figure_over_phases():
     train = {"peak_bytes": 1000, "added_bytes": 300, "method": "m"}
     evaluation = {"peak_bytes": 900, "added_bytes": 400, "method": "m"}
-    section = measure.memory_section(train, evaluation)
+    section = memory.memory_section(train, evaluation)
     assert section == {"peak_bytes": 1000, "added_bytes": 400, "train_peak_bytes": 1000, "train_added_bytes": 300,
                        "eval_peak_bytes": 900, "eval_added_bytes": 400, "method": "m", "figure": "added"}
-    only_eval = measure.memory_section(None, evaluation)
+    only_eval = memory.memory_section(None, evaluation)
     assert only_eval["peak_bytes"] == 900 and only_eval["train_peak_bytes"] is None
-    cuda = measure.memory_section(
+    cuda = memory.memory_section(
         {"peak_bytes": 10, "added_bytes": 4, "peak_reserved_bytes": 20, "added_reserved_bytes": 8, "method": "c",
          "per_process_peak_bytes": [10, 11], "per_process_added_bytes": [4, 5]},
         {"peak_bytes": 12, "added_bytes": 2, "peak_reserved_bytes": 16, "added_reserved_bytes": 6, "method": "c"})
@@ -109,7 +110,7 @@ def test_memory_section_takes_the_largest_figure_over_phases():
     assert (cuda["peak_bytes"], cuda["added_bytes"], cuda["peak_reserved_bytes"], cuda["added_reserved_bytes"]) \
         == (12, 4, 20, 8)
     assert cuda["per_process_train_added_bytes"] == [4, 5]
-    unknown = measure.memory_section({"peak_bytes": 5, "added_bytes": None, "method": "x"}, evaluation)
+    unknown = memory.memory_section({"peak_bytes": 5, "added_bytes": None, "method": "x"}, evaluation)
     assert unknown["added_bytes"] is None  # never a max over a figure that could not be read
 
 
@@ -179,7 +180,7 @@ def test_storage_counts_weights_and_loader_config_only(tmp_path):
     _write(tmp_path, "README.md", 5000)
     _write(tmp_path, "tokenizer.json", 777)
     _write(tmp_path, "tokenizer_config.json", 55)
-    info = measure.storage(tmp_path)
+    info = storage.storage(tmp_path)
     assert info["bytes"] == weights + 123
     assert sorted(info["counted"]) == ["adapter_config.json", "adapter_model.safetensors"]
     assert info["files"] == {"README.md": 5000, "adapter_config.json": 123, "adapter_model.safetensors": weights,
@@ -196,15 +197,15 @@ def test_storage_of_a_full_model_sharded_weights_and_a_hard_prompt(tmp_path):
                        ("special_tokens_map.json", 80), ("tokenizer.json", 5000), ("README.md", 900)]:
         _write(full, name, size)
     shards = sum((full / f"model-0000{i}-of-00002.safetensors").stat().st_size for i in (1, 2))
-    info = measure.storage(full)
+    info = storage.storage(full)
     assert info["bytes"] == shards + 700 + 120 + 250
     assert sorted(info["counted"]) == ["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
                                        "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
     assert len(info["files"]) == 8 and info["stored_params"] == 40
-    assert measure.counted_file("pytorch_model.bin") and measure.counted_file("sub/adapter_config.json")
+    assert storage.counted_file("pytorch_model.bin") and storage.counted_file("sub/adapter_config.json")
     prompt = tmp_path / "prompt"
     _write(prompt, "prompt.txt", 321)
-    assert measure.storage(prompt) == {"bytes": 321, "files": {"prompt.txt": 321}, "counted": ["prompt.txt"],
+    assert storage.storage(prompt) == {"bytes": 321, "files": {"prompt.txt": 321}, "counted": ["prompt.txt"],
                                        "stored_params": 0}
 
 
@@ -217,7 +218,7 @@ def test_storage_of_a_real_peft_adapter_is_weights_plus_adapter_config(tmp_path)
                                                      num_attention_heads=2, intermediate_size=64))
     model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
     model.save_pretrained(tmp_path, safe_serialization=True)
-    info = measure.storage(tmp_path)
+    info = storage.storage(tmp_path)
     weights = (tmp_path / "adapter_model.safetensors").stat().st_size
     config = (tmp_path / "adapter_config.json").stat().st_size
     assert info["bytes"] == weights + config
@@ -551,7 +552,7 @@ def test_flops_match_torchs_flop_counter(method, kind):
     if PEFT[method] is not None:
         model = peft.get_peft_model(model, PEFT[method](encoder))
     model.train()
-    profile = measure.flop_profile(model)
+    profile = flops.flop_profile(model)
     assert model.training  # the probe put the mode back
     assert profile.probed and profile.virtual_positions == VIRTUAL_POSITIONS.get(method, 0)
     samples, length = 5, 11  # neither probe shape
@@ -571,55 +572,55 @@ def test_flops_follow_which_weights_train():
     torch.manual_seed(0)
     full = _bert()
     n_linear = sum(m.weight.numel() for m in full.modules() if isinstance(m, torch.nn.Linear))
-    profile = measure.flop_profile(full)
+    profile = flops.flop_profile(full)
     pooled = full.bert.pooler.dense.weight.numel() + full.classifier.weight.numel()
     # full fine-tuning: every weight trained, every input (embeddings included) needs its gradient: 6N per
     # weight, at every position except BERT's pooler and classifier, which run once per sample
     assert profile.train_per_token == 6 * (n_linear - pooled)
     assert profile.train_per_sample == 6 * pooled and profile.eval_per_sample == 2 * pooled
     lora = peft.get_peft_model(_bert(), PEFT["lora"](True))
-    lp = measure.flop_profile(lora)
+    lp = flops.flop_profile(lora)
     assert lp.train_per_token < 0.75 * profile.train_per_token  # frozen weights: no weight gradients
 
 
 def test_precision_picks_the_peak():
-    assert measure.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989.4e12
-    assert measure.peak_flops("NVIDIA H100 80GB HBM3", "tf32") == 494.7e12
-    assert measure.peak_flops("NVIDIA H100 80GB HBM3", "fp32") == 67e12
-    assert measure.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
-    assert measure.peak_flops("NVIDIA A100-SXM4-40GB", "fp16") == 312e12
-    assert measure.peak_flops("Tesla V100-SXM2-16GB", "bf16") is None
-    assert measure.peak_flops("Tesla V100-SXM2-16GB", "tf32") == 15.7e12  # no TF32 units: fp32 runs
-    assert measure.peak_flops("Some Future GPU", "bf16") is None
+    assert flops.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989.4e12
+    assert flops.peak_flops("NVIDIA H100 80GB HBM3", "tf32") == 494.7e12
+    assert flops.peak_flops("NVIDIA H100 80GB HBM3", "fp32") == 67e12
+    assert flops.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert flops.peak_flops("NVIDIA A100-SXM4-40GB", "fp16") == 312e12
+    assert flops.peak_flops("Tesla V100-SXM2-16GB", "bf16") is None
+    assert flops.peak_flops("Tesla V100-SXM2-16GB", "tf32") == 15.7e12  # no TF32 units: fp32 runs
+    assert flops.peak_flops("Some Future GPU", "bf16") is None
     with pytest.raises(ValueError):
-        measure.peak_flops("NVIDIA H100", "int8")
-    assert measure.matmul_precision("bf16", CPU) == "bf16"
-    assert measure.matmul_precision("no", CPU) == "fp32"
+        flops.peak_flops("NVIDIA H100", "int8")
+    assert flops.matmul_precision("bf16", CPU) == "bf16"
+    assert flops.matmul_precision("no", CPU) == "fp32"
     cuda = torch.device("cuda")
     previous = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("highest")
-        assert measure.matmul_precision("no", cuda) == "fp32"
+        assert flops.matmul_precision("no", cuda) == "fp32"
         torch.set_float32_matmul_precision("high")
-        assert measure.matmul_precision("no", cuda) == "tf32"
+        assert flops.matmul_precision("no", cuda) == "tf32"
     finally:
         torch.set_float32_matmul_precision(previous)
 
 
 def test_mfu_section_by_hand():
-    profile = measure.FlopProfile(train_per_token=600.0, eval_per_token=200.0, train_per_sample=60.0,
+    profile = flops.FlopProfile(train_per_token=600.0, eval_per_token=200.0, train_per_sample=60.0,
                                   eval_per_sample=20.0, virtual_positions=20, train_per_batch=1000.0,
                                   eval_per_batch=0.0)
-    assert measure.processed_tokens(100, 4, 20) == 180
+    assert flops.processed_tokens(100, 4, 20) == 180
     cuda = torch.device("cuda")
-    section = measure.mfu_section(profile, device=cuda, device_name="NVIDIA H100 80GB HBM3", precision="bf16",
+    section = flops.mfu_section(profile, device=cuda, device_name="NVIDIA H100 80GB HBM3", precision="bf16",
                                   virtual_positions=20, train_rates=(1e9, 1e7, 10), eval_rates=(2e9, 2e7),
                                   processes=2)
     train_flops = 600 * (1e9 + 20 * 1e7) + 60 * 1e7 + 1000 * 1e6
     assert section["mfu"] == pytest.approx(train_flops / 2 / 989.4e12)
     assert section["eval_mfu"] == pytest.approx((200 * (2e9 + 20 * 2e7) + 20 * 2e7) / 989.4e12)
     assert "dense bf16 989.4 TFLOP/s" in section["mfu_formula"] and "20 virtual per sample" in section["mfu_formula"]
-    on_cpu = measure.mfu_section(profile, device=CPU, device_name="AMD EPYC", precision="fp32", virtual_positions=0,
+    on_cpu = flops.mfu_section(profile, device=CPU, device_name="AMD EPYC", precision="fp32", virtual_positions=0,
                                  train_rates=None, eval_rates=(1.0, 1.0))
     assert on_cpu["mfu"] is None and on_cpu["eval_mfu"] is None and on_cpu["train_flops_per_token"] is None
 
@@ -632,7 +633,7 @@ def test_configured_methods_claim_the_virtual_positions_the_model_processes(comp
 
     cfg = compose(f"method={method}", "trainer.train_samples=16", "trainer.eval_samples=16")
     adapted = prepare(cfg).adapted
-    profile = measure.flop_profile(adapted.model)
+    profile = flops.flop_profile(adapted.model)
     assert profile.virtual_positions == adapted.virtual_positions
     assert profile.virtual_positions == (cfg.method.peft.num_virtual_tokens if method in ("prompt", "ptuning") else 0)
 
@@ -670,13 +671,13 @@ def test_generation_eval_flops_count_the_generated_tokens(compose, monkeypatch):
     from bench.evaluation import Evaluation
     from bench.run import execute
 
-    profile = measure.FlopProfile(train_per_token=600.0, eval_per_token=200.0, train_per_sample=0.0,
+    profile = flops.FlopProfile(train_per_token=600.0, eval_per_token=200.0, train_per_sample=0.0,
                                   eval_per_sample=20.0, virtual_positions=0)
 
     def eval_mfu(generated_per_s):
         ev = Evaluation("validation", [], [], [], [], {}, tokens_per_s=1e9, samples_per_s=1e7,
                         generate_tokens_per_s=generated_per_s)
-        return measure.mfu_section(profile, device=torch.device("cuda"), device_name="NVIDIA H100 80GB HBM3",
+        return flops.mfu_section(profile, device=torch.device("cuda"), device_name="NVIDIA H100 80GB HBM3",
                                    precision="bf16", virtual_positions=0, train_rates=None,
                                    eval_rates=ev.flop_rates(8))["eval_mfu"]
 
@@ -686,13 +687,13 @@ def test_generation_eval_flops_count_the_generated_tokens(compose, monkeypatch):
 
     # a real generation run hands mfu_section the prompt + generated tokens per second
     seen = {}
-    real = measure.mfu_section
+    real = flops.mfu_section
 
     def spy(profile, **kwargs):
         seen.update(kwargs)
         return real(profile, **kwargs)
 
-    monkeypatch.setattr(measure, "mfu_section", spy)
+    monkeypatch.setattr(flops, "mfu_section", spy)
     cfg = compose("task=e2e_nlg", "model=tiny-llama", "method=lora", "trainer.eval_samples=4",
                   "task.generation.max_new_tokens=4", "trainer.train_samples=8")
     result = execute(cfg)

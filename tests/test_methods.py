@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from bench import methods, models
-from bench.config import CONF_DIR, ConfigError
+from bench.config import CONF_DIR
+from bench.errors import ConfigError
 
 METHOD_FILES = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 TRAINED = [m for m in METHOD_FILES if m != "hard_prompt"]

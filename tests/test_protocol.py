@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from bench import config as bconfig
 from bench import protocol, record
 from bench.protocol import launch
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 TINY = ["model=tiny-bert", "trainer=smoke", "trainer.dev_samples=32", "logger=none"]
 E2E = ["task=rte", "method=lora,prompt", "lr_factors=[1,3]", "seeds=1", *TINY]

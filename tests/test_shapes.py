@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import config, models, shapes, tasks
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.run import execute
 from bench.shapes.base import sequence_logprobs
 from bench.shapes.classification import choice_scores, verbalizer_ids

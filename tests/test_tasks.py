@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bench import config, tasks
+from bench import checks, config, tasks
 
 GOOD = {"sentence": "a fine film ", "label": 1, "idx": 0}
 
@@ -56,7 +56,7 @@ def test_unknown_task_model_or_method_lists_the_available_ones(tmp_path, group, 
 @pytest.mark.parametrize("task", ["sst2", "cola", "mrpc", "rte", "stsb", "cb", "trec"])
 def test_every_shipped_task_loads_from_the_shared_data(compose, task):
     cfg = compose(f"task={task}")
-    config.validate(cfg)
+    checks.validate(cfg)
     data = tasks.load_task(cfg.task, cfg.paths.data_dir, cfg.trainer)
     assert data.source["kind"] == "local"
     assert len(data.train) == cfg.trainer.train_samples

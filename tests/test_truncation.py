@@ -12,8 +12,8 @@ import datasets
 import pytest
 from omegaconf import OmegaConf
 
-from bench import config, models, shapes
-from bench.config import ConfigError
+from bench import checks, config, models, shapes
+from bench.errors import ConfigError
 from bench.run import execute
 from bench.shapes.base import MIN_PROMPT_TOKENS, DataError, truncation_counts
 
@@ -203,7 +203,7 @@ def test_gsm8k_with_a_budget_shorter_than_its_answer_is_a_config_error_before_lo
     for module, name in ((tasks, "load_task"), (models, "load_tokenizer"), (models, "load_model")):
         monkeypatch.setattr(module, name, must_not_run)
     with pytest.raises(ConfigError) as err:
-        config.validate(compose("task=gsm8k", "model=smollm2-135m", "trainer.max_length=128"))
+        checks.validate(compose("task=gsm8k", "model=smollm2-135m", "trainer.max_length=128"))
     assert str(err.value) == (
         "trainer.max_length: 128 leaves 0 tokens for gsm8k's prompt beside task.generation.max_new_tokens=256 "
         f"(a prompt needs at least {MIN_PROMPT_TOKENS}); set trainer.max_length >= {256 + MIN_PROMPT_TOKENS} "
@@ -213,11 +213,11 @@ def test_gsm8k_with_a_budget_shorter_than_its_answer_is_a_config_error_before_lo
         execute(cfg)
     assert not config.run_dir(cfg).exists()
     with pytest.raises(ConfigError, match=r"leaves 60 tokens .* set trainer.max_length >= 320"):
-        config.validate(compose("task=gsm8k", "model=tiny-llama", "trainer.max_length=316"))
-    config.validate(compose("task=gsm8k", "model=smollm2-135m", "trainer=quick-generation"))
+        checks.validate(compose("task=gsm8k", "model=tiny-llama", "trainer.max_length=316"))
+    checks.validate(compose("task=gsm8k", "model=smollm2-135m", "trainer=quick-generation"))
 
 
 def test_a_decoder_budget_without_room_for_a_prompt_is_a_config_error(compose):
     with pytest.raises(ConfigError, match=f"trainer.max_length: 48 leaves no room for rte's prompt and answer"):
-        config.validate(compose("task=rte", "model=tiny-llama", "trainer.max_length=48"))
-    config.validate(compose("task=rte", "model=tiny-bert", "trainer.max_length=48"))  # an encoder: cut and counted
+        checks.validate(compose("task=rte", "model=tiny-llama", "trainer.max_length=48"))
+    checks.validate(compose("task=rte", "model=tiny-bert", "trainer.max_length=48"))  # an encoder: cut and counted

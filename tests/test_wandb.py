@@ -4,6 +4,7 @@ import json
 import pytest
 
 from bench import config, record
+from bench.errors import ConfigError
 from bench.run import execute
 
 
@@ -30,7 +31,7 @@ def test_online_mode_without_a_key_fails_before_training(compose, monkeypatch, t
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cfg = compose("logger=wandb", "logger.mode=online")
-    with pytest.raises(config.ConfigError, match="WANDB_API_KEY"):
+    with pytest.raises(ConfigError, match="WANDB_API_KEY"):
         execute(cfg)
     assert not config.run_dir(cfg).exists()  # nothing was trained or written
 

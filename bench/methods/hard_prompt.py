@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.methods.base import Adapted, ApplyContext, Method
 
 PROMPT_FILE = "prompt.txt"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.methods import soft_prompt_init
 from bench.methods.base import Adapted, ApplyContext, Method, task_type_for
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 MODES = ("random", "vocab", "text", "labels")
 # modes whose meaning is "the virtual tokens start as these words": only where the table is the prompt

@@ -54,7 +54,7 @@ from __future__ import annotations
 #   overrides (Hydra value text) <- settings (command line, checks) <- launch (compose, multirun)
 #   <- results (run result files, the protocol's JSON files) <- plan (cells, spaces, grids, budget)
 #   <- search (trials, selection) <- finals <- summary <- runner (Protocol) <- cli (main)
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.protocol.cli import main
 from bench.protocol.launch import EXIT_PREEMPTED, Bench, Preempted, ProtocolError
 from bench.protocol.overrides import fmt, override_key, round_sig, value_overrides

@@ -6,7 +6,7 @@ import signal
 import sys
 
 from bench import config as bconfig
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.protocol.runner import Protocol
 from bench.protocol.settings import parse_args
 

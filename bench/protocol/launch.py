@@ -10,7 +10,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bench import config as bconfig
-from bench.config import CONF_DIR, ConfigError
+from bench.config import CONF_DIR
+from bench.errors import ConfigError
 from bench.protocol.overrides import override_key
 
 EXIT_PREEMPTED = 75  # bench.cli's code for a SIGTERM'd run (kept equal; see bench/cli.py)

@@ -9,8 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench import config as bconfig
-from bench.config import ConfigError
+from bench import checks
+from bench.errors import ConfigError
 from bench.protocol.launch import Bench
 from bench.protocol.overrides import override_key, round_sig, sweep_values, value_overrides
 from bench.protocol.settings import LIST_KEYS, check_settings
@@ -116,7 +116,7 @@ def check_equal_budget(counts: dict[str, int]) -> None:
 
 def check_run_config(cfg: DictConfig) -> None:
     """bench's own checks, plus what the protocol needs: a dev split to select on."""
-    bconfig.validate(cfg)
+    checks.validate(cfg)
     trainer = cfg.trainer
     if "dev_samples" not in trainer or "eval_split" not in trainer:
         raise ConfigError("trainer.dev_samples / trainer.eval_split: this bench has no dev split; "

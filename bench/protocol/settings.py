@@ -7,7 +7,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bench.config import CONF_DIR, ConfigError
+from bench.config import CONF_DIR
+from bench.errors import ConfigError
 from bench.protocol.overrides import plain, yaml_scalar
 
 PROTOCOL_FILE = CONF_DIR / "protocol.yaml"

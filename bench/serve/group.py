@@ -38,7 +38,8 @@ def max_abs_diff(served: dict, recorded: dict) -> float | None:
 
 def evaluate_run(model, s: Served, accelerator) -> tuple[dict, dict]:
     """Every split the run recorded, evaluated with s's adapter active: (the JSON row, {split: Evaluation})."""
-    from bench import evaluation, measure
+    from bench import evaluation
+    from bench.measure.storage import storage as folder_storage
 
     model.set_adapter(s.name, inference_mode=True)
     evaluations, splits = {}, {}
@@ -67,7 +68,7 @@ def evaluate_run(model, s: Served, accelerator) -> tuple[dict, dict]:
         "eval_samples": main["eval_samples"], "served_eval_samples_per_s": main["samples_per_s"],
         "splits": splits, "virtual_tokens": s.virtual_tokens,
         "adapter_bytes": storage.get("bytes"),
-        "adapter_bytes_on_disk": measure.storage(s.adapter)["bytes"],
+        "adapter_bytes_on_disk": folder_storage(s.adapter)["bytes"],
     }
     return row, evaluations
 
@@ -78,7 +79,8 @@ def serve_group(runs: list[Served], repeats: int, mixed: bool) -> dict:
     from peft import PeftModel
     from transformers import set_seed
 
-    from bench import measure, models, train
+    from bench import models, train
+    from bench.measure.storage import storage as folder_storage
 
     first = runs[0].cfg
     cache = first.paths.cache_dir
@@ -98,7 +100,7 @@ def serve_group(runs: list[Served], repeats: int, mixed: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         # a full fine-tuned copy is what save_pretrained writes for the whole model (as a run keeps it)
         base.save_pretrained(tmp, safe_serialization=True)
-        copy = measure.storage(Path(tmp))
+        copy = folder_storage(Path(tmp))
     copy_bytes = copy["bytes"]
     copy_safetensors = sum(v for k, v in copy["files"].items() if k.endswith(".safetensors"))
 

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from bench.measure import synchronize
+from bench.measure.memory import synchronize
 
 
 def param_bytes(module: torch.nn.Module) -> int:

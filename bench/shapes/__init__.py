@@ -1,7 +1,7 @@
 """Task shapes: a registry from `task.shape` to the object that knows how to run it."""
 from __future__ import annotations
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.shapes.base import DataError, ModelHead, Pipeline, Shape
 from bench.shapes.classification import Classification, Regression
 from bench.shapes.generation import Generation

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 
 class DataError(ValueError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, fit_prompts, majority,
                                map_rows, pad, padded_inputs, token_ids)
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.metrics.extract import extract_last_number
 from bench.shapes.base import (MIN_PROMPT_TOKENS, DataError, ModelHead, Pipeline, Shape, answer_batch, fill,
                                fit_prompts, map_rows, padded_inputs, token_ids)

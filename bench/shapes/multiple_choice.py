@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, fit_prompts, map_rows,
                                majority, pad, padded_inputs, sequence_logprobs, token_ids)
 
