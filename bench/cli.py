@@ -1,12 +1,14 @@
 """`bench` console script: the Hydra entry point. Turns one composed config into one run."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from bench import launch
 from bench.config import CONF_DIR, register_resolvers
 from bench.errors import ConfigError
 
@@ -29,16 +31,26 @@ def _main(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN
-    command = ["bench", *sys.argv[1:]]
+    # (a process bench.launch started records the command the user typed)
+    command = json.loads(os.environ.get("BENCH_OUTER_COMMAND", "null")) or ["bench", *sys.argv[1:]]
     # recorded beside speed figures: jobs side by side (joblib) are not comparable with sequential ones
     target = str(hydra_cfg.launcher.get("_target_", "basic"))
     n_jobs = hydra_cfg.launcher.get("n_jobs")
     os.environ["BENCH_LAUNCHER"] = target.rsplit(".", 1)[-1] + (f"(n_jobs={n_jobs})" if n_jobs else "")
+    if "BENCH_OUTER_LAUNCHER" in os.environ:  # one of the processes bench.launch started for this job
+        os.environ["BENCH_LAUNCHER"] = os.environ["BENCH_OUTER_LAUNCHER"] + "+torchrun"
     try:
-        validate(cfg)  # before importing the run (torch, transformers): a config error costs about a second
-        from bench.run import execute
+        typed = validate(cfg)  # before importing the run (torch, transformers): a config error costs about a second
+        launch.check_world(typed)
+        done = None if launch.under_launcher() else launch.finished(typed)  # (ranks: bench.run checks on rank 0)
+        if done is not None:
+            result = done
+        elif launch.wanted(typed):  # trainer.processes > 1: this job re-launches itself under torch.distributed.run
+            result = launch.relaunch(typed, list(hydra_cfg.overrides.task), hydra_cfg.runtime.output_dir)
+        else:
+            from bench.run import execute
 
-        result = execute(cfg, overrides=list(hydra_cfg.overrides.task), command=command)
+            result = execute(cfg, overrides=list(hydra_cfg.overrides.task), command=command)
     except ConfigError as err:
         print(f"bench: config error: {err}", file=sys.stderr)
         if single:

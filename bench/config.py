@@ -26,7 +26,16 @@ CONF_DIR = PACKAGE_DIR.parent / "conf"
 
 # Keys that do not change what a run computes: where it writes, how it logs, whether it re-runs.
 # (selection_file is a path: its content hash stands in for it.)
-VOLATILE_KEYS = ("paths", "logger", "force", "sweep", "hydra", "selection_file")
+# (experiment_name labels a run for the report, as sweep names its folder.)
+VOLATILE_KEYS = ("paths", "logger", "force", "sweep", "hydra", "selection_file", "experiment_name")
+# Keys added after runs were recorded, with the value that computes what runs did before the key existed: at
+# that value a key is left out of the identity, so finished runs keep their names (and a re-run still skips
+# them); any other value changes the identity. (optimizer_impl=auto is torch's own AdamW choice on the CPU,
+# and fused instead of foreach on CUDA: the same update up to rounding.)
+ADDED_KEYS = {("model", "dtype"): "fp32", ("model", "attn_implementation"): "sdpa", ("model", "quantization"): None,
+              ("trainer", "gradient_checkpointing"): False, ("trainer", "compile"): False,
+              ("trainer", "optimizer_impl"): "auto", ("trainer", "grad_accumulation"): 1,
+              ("trainer", "processes"): 1, ("trainer", "sharding"): "none", ("task", "synthetic"): None}
 
 
 
@@ -86,10 +95,19 @@ def identity(cfg: DictConfig | dict) -> str:
     except (ConfigError, OmegaConfBaseException):  # not a valid config (e.g. an old record): as it is
         data = to_container(cfg) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg, default=str))
     files = data_files(data.get("task") or {}, (data.get("paths") or {}).get("data_dir"))
+    shift_files = data_files((data.get("shift") or {}).get("task") or {}, (data.get("paths") or {}).get("data_dir"))
     selection = data.get("selection_file")
     for key in VOLATILE_KEYS:
         data.pop(key, None)
     data["data_sha256"] = {split: file_sha256(path) for split, path in sorted(files.items()) if path.is_file()}
+    for (section, key), before in ADDED_KEYS.items():
+        if key in (data.get(section) or {}) and data[section][key] == before:
+            del data[section][key]
+    if data.get("shift") is None:  # no shift: the identity of a run from before the key existed
+        data.pop("shift", None)
+    else:  # the shifted task's rows are evaluated too
+        data["shift_data_sha256"] = {split: file_sha256(path) for split, path in sorted(shift_files.items())
+                                     if path.is_file()}
     if selection and Path(selection).is_file():  # (validate refuses a missing one; a dry run may not have it yet)
         data["selection_sha256"] = file_sha256(Path(selection))
     blob = json.dumps(data, sort_keys=True, default=str).encode()
@@ -118,8 +136,11 @@ def check(cfg: DictConfig) -> DictConfig:
         typed = _typed(cfg)
         _check_rules(typed, schema.BenchConfig)
         _check_config(typed)
+        _check_processes(typed)
         _check_fit(typed)
+        _check_model_options(typed)
         _check_data(typed)
+        _check_shift(typed)
         _check_peft(typed)
     return typed
 
@@ -217,8 +238,47 @@ def _check_config(cfg: DictConfig) -> None:
         _require(method.lr is not None and method.lr > 0, "method.lr", f"must be > 0, got {method.lr!r}")
     _require(tr.eval_split == "validation" or tr.dev_samples is not None, "trainer.eval_split",
              f"{tr.eval_split} needs trainer.dev_samples >= 1 (rows of train held out as the dev split)")
+    _require(tr.batch_size % tr.grad_accumulation == 0, "trainer.grad_accumulation",
+             f"must divide trainer.batch_size={tr.batch_size} (the rows per optimizer step; a micro-batch is "
+             f"batch_size / grad_accumulation rows), got {tr.grad_accumulation}")
+    if tr.compile:  # the first step compiles: it must stay out of tokens/s
+        _require(tr.throughput_warmup_steps >= 1, "trainer.throughput_warmup_steps",
+                 "must be >= 1 with trainer.compile=true (the first step compiles), got 0")
+        _require(_cxx_compiler() is not None, "trainer.compile",
+                 "torch.compile (inductor) needs a C++ compiler: $CXX, else g++, is not on PATH; install one "
+                 "(e.g. apt-get install g++), point CXX at one, or set trainer.compile=false")
     if cfg.selection_file is not None:
         _require(Path(cfg.selection_file).is_file(), "selection_file", f"{cfg.selection_file} does not exist")
+
+
+def _check_processes(cfg: DictConfig) -> None:
+    """trainer.processes / trainer.sharding against the rest (bench.launch starts the processes)."""
+    tr, method = cfg.trainer, cfg.method
+    if tr.processes > 1:
+        _require(tr.batch_size >= tr.processes, "trainer.batch_size",
+                 f"each of trainer.processes={tr.processes} processes takes a share of every batch: must be >= "
+                 f"{tr.processes}, got {tr.batch_size}")
+    if tr.sharding != "fsdp":
+        return
+    _require(tr.processes > 1, "trainer.sharding",
+             "fsdp shards the model over several processes: set trainer.processes >= 2 (one per GPU), or "
+             "trainer.sharding=none")
+    _require(method.name != "hard_prompt", "trainer.sharding",
+             "hard_prompt trains nothing, so there is nothing to shard: use trainer.sharding=none")
+    _require(tr.checkpoint_every is None, "trainer.checkpoint_every",
+             "in-run checkpoints save rank 0's copy of the model, and under trainer.sharding=fsdp each process "
+             "holds only a shard: set trainer.checkpoint_every=null (or trainer.sharding=none)")
+    _require(cfg.model.quantization is None, "model.quantization",
+             "a quantized (bitsandbytes) base model is not sharded by trainer.sharding=fsdp here: set "
+             "model.quantization=null or trainer.sharding=none")
+
+
+def _cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's inductor calls ($CXX, else g++; clang++ on macOS), if it is on PATH."""
+    import shutil
+    import sys
+
+    return shutil.which(os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++"))
 
 
 def _check_fit(cfg: DictConfig) -> None:
@@ -228,6 +288,29 @@ def _check_fit(cfg: DictConfig) -> None:
     _require(cfg.method.name != "hard_prompt" or kind == "decoder", "method",
              f"hard_prompt needs a decoder model (e.g. model=smollm2-135m or model=tiny-llama); "
              f"{cfg.model.name} is an {kind}")
+
+
+FLASH_ATTN_INSTALL = "pip install flash-attn --no-build-isolation (CUDA and a matching torch)"
+
+
+def _check_model_options(cfg: DictConfig) -> None:
+    """model.dtype / attn_implementation / quantization against what is installed and trainer.device (no torch);
+    bench.checks.model_fit adds the method and whether a CUDA device is visible."""
+    m, device = cfg.model, cfg.trainer.device
+    if m.attn_implementation == "flash_attention_2":
+        _require(importlib.util.find_spec("flash_attn") is not None, "model.attn_implementation",
+                 f"flash_attention_2 needs the flash_attn package, which is not installed: {FLASH_ATTN_INSTALL}; "
+                 "or use model.attn_implementation=sdpa")
+        _require(m.dtype != "fp32" or cfg.trainer.mixed_precision != "no", "model.attn_implementation",
+                 "flash_attention_2 runs in half precision only, and fp32 weights with trainer.mixed_precision=no "
+                 "have no autocast to give it that: set model.dtype=bf16 (or trainer.mixed_precision=bf16), or use "
+                 "model.attn_implementation=sdpa")
+        _require(device != "cpu", "model.attn_implementation",
+                 "flash_attention_2 needs a CUDA device, and trainer.device=cpu; use model.attn_implementation=sdpa")
+    if m.quantization is not None:
+        _require(device != "cpu", "model.quantization",
+                 f"{m.quantization} (bitsandbytes) needs a CUDA device, and trainer.device=cpu; use "
+                 "model.quantization=null (model.dtype=bf16 halves the base's memory on the CPU)")
 
 
 def offline() -> bool:
@@ -273,10 +356,12 @@ def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
     return _opens(*hub_address(), timeout)
 
 
-def _check_data(cfg: DictConfig) -> None:
-    """The task's local files exist, or its hub dataset may be tried (a hub id, no offline flag, and the hub
-    answers within HUB_TIMEOUT_S: otherwise `datasets` would retry for about 35 s before failing)."""
-    t = cfg.task
+def _check_data(cfg: DictConfig, task: DictConfig | None = None) -> None:
+    """The task's (or `task`'s) local files exist, or its hub dataset may be tried (a hub id, no offline flag, and
+    the hub answers within HUB_TIMEOUT_S: otherwise `datasets` would retry for about 35 s before failing)."""
+    t = cfg.task if task is None else task
+    if t.get("synthetic") is not None:  # generated by bench.tasks: nothing to find
+        return
     files = data_files(t, cfg.paths.data_dir)
     missing = [str(p) for p in files.values() if not p.is_file()]
     if files and not missing:
@@ -297,6 +382,32 @@ def _check_data(cfg: DictConfig) -> None:
     holding = schema.words(list(t.files.values())) if t.files else "its JSONL files"
     raise ConfigError(f"paths.data_dir: task {t.name} has no local data ({wanted}){hub}. Set BENCH_DATA_DIR or "
                       f"paths.data_dir to the folder holding {holding} (now {cfg.paths.data_dir})")
+
+
+def _check_shift(cfg: DictConfig) -> None:
+    """shift: the other task's rows must read as the trained task's: the same shape (classification, so there
+    are label names to map), as many text fields, every one of its labels mapped to a label of the trained task."""
+    shift = cfg.shift
+    if shift is None:
+        return
+    t, other = cfg.task, shift.task
+    _require(other.shape == "classification" and t.shape == "classification", "shift.task",
+             f"a label map needs two classification tasks; {t.name} is {t.shape}, {other.name} is {other.shape}")
+    _require(len(other.text_fields) == len(t.text_fields), "shift.task",
+             f"{other.name} has {len(other.text_fields)} text fields {list(other.text_fields)}, {t.name} has "
+             f"{len(t.text_fields)} {list(t.text_fields)}: its rows are read as {t.name}'s, field by field")
+    theirs, ours = list(other.label_names or []), list(t.label_names or [])
+    mapping = dict(shift.label_map)
+    for name in theirs:
+        _require(name in mapping, "shift.label_map",
+                 f"{other.name}'s label {name!r} is not mapped; map every label of {other.name} "
+                 f"({schema.words(theirs)}) to one of {t.name}'s ({schema.words(ours)})")
+    for name, target in mapping.items():
+        _require(name in theirs, "shift.label_map",
+                 f"{name!r} is not a label of {other.name} ({schema.words(theirs)})")
+        _require(target in ours, f"shift.label_map.{name}",
+                 f"{target!r} is not a label of the trained task {t.name} ({schema.words(ours)})")
+    _check_data(cfg, other)
 
 
 # PEFT configs whose r=0 means "derived" (OFT: from oft_block_size); elsewhere r must be >= 1.

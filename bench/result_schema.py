@@ -65,8 +65,8 @@ class DataFile(TypedDict):
 
 
 class DataSource(TypedDict, total=False):
-    """Where the rows came from (bench.tasks): local files with their hashes, or a hub dataset."""
-    kind: Literal["local", "hub"]
+    """Where the rows came from (bench.tasks): local files with their hashes, a hub dataset, or generated rows."""
+    kind: Literal["local", "hub", "synthetic"]
     files: dict[str, DataFile]       # split -> file (local)
     path: str                        # hub dataset
     name: str | None
@@ -78,6 +78,20 @@ class Params(TypedDict):
     trainable: int
     trainable_percent: float
     stored: int                      # values in the saved safetensors files (added when the weights are saved)
+    base: NotRequired[int]           # the base model's parameters (with its task head) before the method applied
+
+
+class BaseModel(TypedDict):
+    """How the base model's weights were loaded (config model.dtype, attn_implementation, quantization;
+    bench.models.load_facts)."""
+    dtype: Literal["fp32", "bf16", "fp16"]          # the base's weights as loaded (transformers' dtype)
+    attn_implementation: str                         # asked for: sdpa, eager or flash_attention_2
+    attn_implementation_loaded: str | None           # what transformers set on the model's config
+    quantization: Literal["nf4", "int8"] | None      # bitsandbytes: 4-bit NormalFloat (QLoRA) or LLM.int8()
+    # the run's parameters (counted, not packed elements) by number format after the method was applied: torch
+    # dtypes (float32, bfloat16, float16), or nf4 / int8 for a quantised base's weights; e.g. LoRA on a bf16 base
+    # has its adapters in float32 (PEFT's autocast_adapter_dtype)
+    params_by_format: dict[str, int]
 
 
 class Budget(TypedDict):
@@ -125,6 +139,13 @@ class Throughput(TypedDict):
     eval_tokens: int
     processes: int
     train_tokens_per_s_per_process: float | None
+    # wall time of this process's first optimizer step, device synchronised (outside the timed steps unless
+    # trainer.throughput_warmup_steps=0); None: nothing trained
+    first_step_s: float | None
+    # trainer.compile: first_step_s minus the time a timed step of the first batch's real tokens takes at
+    # train_tokens_per_s, i.e. tracing and compiling (forward and backward; a later recompile, e.g. for a
+    # one-row batch, falls in the timed steps). None: compile off, or no step timed
+    compile_s: float | None
     generate_tokens_per_s: NotRequired[float | None]  # generation tasks
     generate_samples_per_s: NotRequired[float | None]
     generated_tokens: NotRequired[int]
@@ -198,10 +219,43 @@ class Adaptation(TypedDict, total=False):
     trained: str
 
 
+class SoftPrompt(TypedDict):
+    """The nearest vocabulary tokens of each virtual token of a trained soft prompt, at the end of the run
+    (bench.methods.soft_prompt_words): prompt tuning and P-tuning runs only."""
+    source: Literal["prompt", "prompt_encoder"]  # the prompt table, or the P-tuning encoder's output
+    similarity: Literal["cosine"]    # with the frozen input embedding table's rows (special tokens left out)
+    k: int
+    vocabulary: int                  # tokens compared
+    nearest_tokens: list[list[list[str | float]]]  # per virtual token: k [token text, cosine] pairs, best first
+    nearest_ids: list[list[int]]     # the same tokens' ids
+
+
+class ShiftLabel(TypedDict):
+    rows: int                        # shift-task validation rows with this (original) label
+    accuracy: float                  # fraction of them predicted as the label it maps to
+
+
+class Shift(TypedDict):
+    """Domain shift (config `shift`, bench.shift): the trained module evaluated on another task's validation split,
+    its rows read as the trained task's (text fields in order, labels through label_map), after the in-domain
+    evaluation; the trained task's metrics. Not in the in-domain throughput, energy or eval time."""
+    task: str                        # the shift task's name
+    label_map: dict[str, str]        # its label -> the trained task's label
+    rows: int
+    metrics: Metrics
+    majority_metrics: Metrics        # the trained task's majority class (from its train split) on these rows
+    by_label: dict[str, ShiftLabel]  # per original label of the shift task
+    predictions: str                 # predictions-shift.json.gz (mapped references), relative to the run folder
+    truncation: SplitTruncation
+    eval_s: float
+
+
 class Storage(TypedDict):
     bytes: int                       # what a loader needs: weights + their config
     files: dict[str, int]            # every file written -> bytes
     counted: list[str]               # the names counted in `bytes`
+    dtypes: dict[str, int]           # safetensors dtype (F32, BF16, F16, ...) -> values stored in it (a quantised
+                                     # base: the adapter only, as for any PEFT method)
     kept: bool
 
 
@@ -226,6 +280,20 @@ class Memory(TypedDict):
     per_process_train_added_bytes: NotRequired[list[int] | None]
     method: str | None
     figure: Literal["added", "allocated"]
+    base_weights: Literal["fp32", "bf16", "fp16", "nf4", "int8"]  # the base model's weights as held (model.quantization,
+                                     # else model.dtype)
+
+
+class Training(TypedDict):
+    """How the training steps ran (trainer.gradient_checkpointing, compile, optimizer_impl, grad_accumulation):
+    memory and speed options that leave the optimizer steps, budgets and tokens counted as they are, and the loss
+    curve up to rounding. Written for every run; a run that trains nothing has false / None."""
+    gradient_checkpointing: bool     # activations recomputed in backward (transformers, use_reentrant=False)
+    compile: bool                    # training forward/backward through torch.compile(model, dynamic=True);
+                                     # evaluation always runs the uncompiled model
+    optimizer_impl: Literal["fused", "foreach", "for_loop"] | None  # AdamW's kernels used (auto resolved)
+    grad_accumulation: int           # micro-batches per optimizer step
+    micro_batch_size: int            # trainer.batch_size / grad_accumulation rows (DDP: split over the processes)
 
 
 class Time(TypedDict):
@@ -272,6 +340,7 @@ class Conditions(TypedDict):
     processes: int
     launcher: str
     precision: str
+    sharding: NotRequired[str]       # trainer.sharding as run: none | fsdp (FSDP2); absent in older results
 
 
 class Result(TypedDict):
@@ -296,6 +365,7 @@ class Result(TypedDict):
     seeds: NotRequired[Annotated[Seeds, FINISHED]]
     data: NotRequired[Annotated[DataSource, FINISHED]]
     params: NotRequired[Annotated[Params, FINISHED, MIRRORED]]
+    base_model: NotRequired[Annotated[BaseModel, FINISHED]]
     budget: NotRequired[Annotated[Budget, FINISHED]]
     truncation: NotRequired[Annotated[dict[str, SplitTruncation], FINISHED]]  # train (when trained), dev, validation
     metrics_before_training: NotRequired[Metrics]
@@ -307,12 +377,15 @@ class Result(TypedDict):
     # otherwise); written when dev is evaluated; bench-protocol breaks ties of the dev score with it
     dev_loss: NotRequired[float]
     predictions: NotRequired[Annotated[PredictionFiles, FINISHED]]
+    shift: NotRequired[Shift]        # config `shift`: the out-of-domain evaluation
     baselines: NotRequired[Baselines]
     samples: NotRequired[list[Sample]]
     adaptation: NotRequired[Annotated[Adaptation, OPEN]]
+    soft_prompt: NotRequired[SoftPrompt]  # prompt tuning / P-tuning: what each trained virtual token is close to
     storage: NotRequired[Annotated[Storage, FINISHED, MIRRORED]]
     throughput: NotRequired[Annotated[Throughput, FINISHED, MIRRORED]]
     memory: NotRequired[Annotated[Memory, FINISHED, MIRRORED]]
+    training: NotRequired[Annotated[Training, FINISHED]]
     time: NotRequired[Annotated[Time, FINISHED, MIRRORED]]
     energy: NotRequired[Annotated[Energy, FINISHED, MIRRORED]]
     env: NotRequired[Annotated[Env, FINISHED]]

@@ -115,6 +115,7 @@ class Prepared:
     eval_sets: dict          # split name -> tokenised split
     total_steps: int
     epochs: int
+    base_params: int = 0     # the base model's parameters (with its task head) before the method is applied
 
 
 def apply_method(cfg: DictConfig, model, shape, tokenizer, data, total_steps: int):
@@ -139,13 +140,18 @@ def prepare(cfg: DictConfig, eval_splits: list[str] | None = None) -> Prepared:
     model = models.load_model(m, t, tokenizer, cache)
     epochs, total_steps = batching.budget(len(data.train), tr.batch_size, tr.epochs, tr.get("min_steps"),
                                           tr.max_steps)
+    base_params = storage.count_params(model)[0]
+    if tr.get("gradient_checkpointing"):  # on the base model, before PEFT wraps it: PEFT then makes the input
+        # embeddings' output require grad itself (prepare_model_for_gradient_checkpointing), and refuses prefix tuning
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     adapted = apply_method(cfg, model, shape, tokenizer, data, total_steps)
     pipeline = shape.pipeline(t, m.kind, tokenizer, tr.max_length, adapted.prompt_prefix)
     train_ds = pipeline.tokenize(data.train)
     train_lengths = pipeline.train_lengths(train_ds) if pipeline.train_lengths else list(train_ds["length"])
     splits = eval_splits if eval_splits is not None else EVAL_SPLITS[tr.get("eval_split", "validation")]
     eval_sets = {name: pipeline.tokenize(data.splits[name]) for name in splits}
-    return Prepared(data, shape, pipeline, tokenizer, adapted, train_ds, train_lengths, eval_sets, total_steps, epochs)
+    return Prepared(data, shape, pipeline, tokenizer, adapted, train_ds, train_lengths, eval_sets, total_steps, epochs,
+                    base_params)
 
 
 def truncation_section(cfg: DictConfig, prep: Prepared, trained: bool) -> dict:
@@ -171,7 +177,7 @@ def truncation_section(cfg: DictConfig, prep: Prepared, trained: bool) -> dict:
 def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger, guard: PreemptionGuard) -> None:
     from transformers import set_seed
 
-    from bench import evaluation, train
+    from bench import evaluation, models, train
 
     t, m, tr = cfg.task, cfg.model, cfg.trainer
     memory.release_earlier_jobs()  # a multirun's earlier models must not count in this run's peak
@@ -188,7 +194,8 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
     energy_meter = energy.meter_for(accelerator.device)  # NVML / RAPL where readable; source None otherwise
     total, trainable = storage.count_params(adapted.model)
     result["params"] = {"total": total, "trainable": trainable,
-                        "trainable_percent": 100.0 * trainable / total if total else 0.0}
+                        "trainable_percent": 100.0 * trainable / total if total else 0.0, "base": prep.base_params}
+    result["base_model"] = models.load_facts(m, adapted.model)
     result["budget"] = {"epochs": prep.epochs, "steps": prep.total_steps if trainable > 0 else 0,
                         "train_rows": len(prep.data.train)}
     result["truncation"] = truncation_section(cfg, prep, trained=trainable > 0)
@@ -208,12 +215,20 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         order = batching.train_batches(prep.train_lengths, tr.batch_size, cfg.seed, tr.group_by_length, prep.epochs)
         order = order[:prep.total_steps]
         real, processed = batching.padding_stats(prep.train_lengths, order)
+        # FSDP: rank 0 evaluates and saves an ordinary copy, rebuilt from the gathered weights after training
+        skeleton = train.meta_copy(adapted.model) if accelerator.is_fsdp2 and accelerator.is_main_process else None
         with Checkpointer(out / "checkpoints", tr.get("checkpoint_every"), guard=guard) as checkpointer, \
                 energy_meter.phase("train"):
-            train_stats = train.train(adapted.model, prep.train_ds, order, prep.train_lengths, pipeline.train_collate,
+            trained, loss_fn = adapted.model, adapted.training_loss(pipeline.loss)
+            if accelerator.is_fsdp2:  # the loss inside the sharded root's forward (train.LossInForward says why)
+                trained, loss_fn = train.LossInForward(trained, loss_fn), train.LossInForward.loss
+            train_stats = train.train(trained, prep.train_ds, order, prep.train_lengths, pipeline.train_collate,
                                       lr=cfg.method.lr, trainer_cfg=tr, accelerator=accelerator, on_log=logger.log,
-                                      checkpointer=checkpointer, loss_fn=adapted.training_loss(pipeline.loss),
-                                      step_hooks=adapted.step_hooks)
+                                      # in-run checkpoints save rank 0's state; a sharded model's is on every rank
+                                      checkpointer=None if accelerator.is_fsdp2 else checkpointer,
+                                      loss_fn=loss_fn, step_hooks=adapted.step_hooks)
+        if accelerator.is_fsdp2:
+            adapted.model = train.unshard_into(accelerator, trained, skeleton)
         if not accelerator.is_main_process:
             return  # rank 0 evaluates, saves and records
         result["resumed_from_step"] = train_stats.resumed_from_step
@@ -242,6 +257,10 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         result["predictions"][split] = evaluation.save_predictions(out, ev, t.primary_metric)
     if dev_loss is not None:
         result["dev_loss"] = dev_loss
+    if cfg.get("shift") is not None:  # after the in-domain figures, which it leaves as they were (bench/shift.py)
+        from bench import shift
+
+        result["shift"] = shift.evaluate_shift(cfg, adapted.model, shape, pipeline, out, prep.data.train, accelerator)
     if "dev" in evaluations:  # W&B: the dev scores on the training curves' axis (a protocol trial's selection score)
         logger.log({"step": train_stats.steps, "train/step": train_stats.steps,
                     "train/tokens_seen": real if trainable > 0 else 0,
@@ -267,6 +286,11 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         facts["shots_shown_mean"] = sum(c["shots_shown_mean"] * c["rows"] for c in shown) / rows if rows else 0.0
     if facts:
         result["adaptation"] = facts
+    from bench.methods import soft_prompt_words
+
+    soft_prompt = soft_prompt_words.nearest_tokens(adapted.model, prep.tokenizer)
+    if soft_prompt is not None:  # prompt tuning / P-tuning: the trained virtual tokens' nearest words
+        result["soft_prompt"] = soft_prompt
 
     kept_dir = adapted.save(out)
     kept = storage.storage(kept_dir)
@@ -288,7 +312,13 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         "processes": accelerator.num_processes,
         "train_tokens_per_s_per_process": None if train_stats.tokens_per_s is None
         else train_stats.tokens_per_s / accelerator.num_processes,
+        "first_step_s": train_stats.first_step_s, "compile_s": train_stats.compile_s,
     })
+    result["training"] = {
+        "gradient_checkpointing": bool(tr.gradient_checkpointing and trainable > 0),
+        "compile": bool(tr.compile and trainable > 0), "optimizer_impl": train_stats.optimizer_impl,
+        "grad_accumulation": tr.grad_accumulation, "micro_batch_size": tr.batch_size // tr.grad_accumulation,
+    }
     if pipeline.generates:
         result["throughput"].update({"generate_tokens_per_s": eval_stats.generate_tokens_per_s,
                                      "generate_samples_per_s": eval_stats.samples_per_s,
@@ -296,6 +326,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
     # the run's own memory (above each phase's starting level) and the absolute peak, per phase
     result["memory"] = memory.memory_section(train_stats.peak_memory if trainable > 0 else None,
                                               eval_stats.peak_memory)
+    result["memory"]["base_weights"] = m.quantization or m.dtype  # what the base's share of the figure is held in
     result["time"] = {"train_s": train_stats.seconds, "eval_s": sum(ev.seconds for ev in evaluations.values())}
     # J per 1,000 real tokens of the steps this process trained (a resumed run: since the resume) / rows evaluated
     measured_tokens = batching.padding_stats(prep.train_lengths, order[train_stats.resumed_from_step:])[0] \
@@ -306,11 +337,15 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         "device": result["env"]["device"], "device_name": result["env"]["device_name"],
         "torch_threads": result["env"]["torch_threads"], "processes": accelerator.num_processes,
         "launcher": os.environ.get("BENCH_LAUNCHER", "python"),  # set by the Hydra entry point
+        "sharding": "fsdp" if accelerator.is_fsdp2 else "none",
         "precision": accelerator.mixed_precision,
     }
 
     # MFU: linear-layer FLOPs from the model's structure; positions = real tokens + virtual positions
-    precision = flops.matmul_precision(accelerator.mixed_precision, accelerator.device)
+    mixed = accelerator.mixed_precision
+    if mixed == "no" and m.dtype in ("bf16", "fp16"):  # no autocast: the base's matmuls run in its weights' dtype
+        mixed = m.dtype
+    precision = flops.matmul_precision(mixed, accelerator.device)
     result["conditions"]["precision"] = precision
     profile = flops.flop_profile(adapted.model)
     per_batch = lambda samples, steps: samples / steps if steps else None  # noqa: E731

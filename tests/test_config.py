@@ -36,12 +36,12 @@ def test_schemas_are_in_hydras_config_store():
 @pytest.mark.parametrize("overrides,message", [
     (["+trainer.learning_rate=0.1"],
      "trainer: unknown key 'learning_rate'; allowed keys: batch_size, checkpoint_every"),
-    (["+seeds=3"], "config: unknown key 'seeds'; allowed keys: force, logger, method"),
+    (["+seeds=3"], "config: unknown key 'seeds'; allowed keys: experiment_name, force, logger, method"),
     (["+task.prompt.examples=2"],
      "task.prompt: unknown key 'examples'; allowed keys: instruction, template, verbalizer"),
     (["task=gsm8k", "model=tiny-llama", "+task.generation.num_beams=4"],
      "task.generation: unknown key 'num_beams'; allowed keys: max_new_tokens, stop"),
-    (["+model.dtype=bf16"], "model: unknown key 'dtype'"),
+    (["+model.precision=bf16"], "model: unknown key 'precision'"),
 ])
 def test_unknown_key_is_refused_naming_it(compose, overrides, message):
     assert message in _refused(compose(*overrides))
@@ -355,3 +355,19 @@ def test_data_files_are_hashed_once_per_content(cb_copy, monkeypatch):
     assert first == hashlib.sha256(path.read_bytes()).hexdigest()
     path.write_bytes(path.read_bytes() + b"\n")
     assert config.file_sha256(path) != first and len(calls) == 2
+
+
+def test_keys_added_later_keep_finished_runs_identities_at_their_old_behaviour(compose):
+    """The committed default comparison was recorded before model.dtype, trainer.compile, ... existed: its runs
+    keep their identities (a re-run skips them); any other value of a new key is another computation."""
+    runs = sorted((config.project_root() / "results" / "reference" / "compare-cpu" / "runs").glob("*/result.json"))
+    assert len(runs) == 12
+    for path in runs:
+        result = json.loads(path.read_text())
+        assert "dtype" not in result["config"]["model"]  # recorded before the key existed
+        assert config.identity(result["config"]) == result["identity"], path
+    base = config.identity(compose())
+    assert config.identity(compose("model.dtype=fp32", "trainer.compile=false", "trainer.processes=1")) == base
+    for changed in ("model.dtype=bf16", "model.attn_implementation=eager", "trainer.gradient_checkpointing=true",
+                    "trainer.compile=true", "trainer.optimizer_impl=fused", "trainer.grad_accumulation=2"):
+        assert config.identity(compose(changed)) != base, changed

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.measure.storage import param_count  # a 4-bit weight's numel() is half its count
+
 
 # Dense (no sparsity) peaks from the vendors' datasheets, TFLOP/s, by the precision of the matmuls:
 # fp32 (CUDA cores), tf32 / bf16 / fp16 (tensor cores, fp32 accumulate). Matched against
@@ -140,7 +142,12 @@ def _probe(model: torch.nn.Module, modules, batch: int, length: int) -> list[tup
     ids = torch.full((batch, length), min(100, vocab - 1), dtype=torch.long, device=device)
     try:
         with torch.enable_grad():
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            try:  # a causal LM's head runs only where a score or loss is read (bench.shapes.base), not everywhere
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1)
+            except TypeError:  # no such argument (encoders, older models): the forward as it is
+                for r in rows:
+                    r[0] = r[1] = 0
+                model(input_ids=ids, attention_mask=torch.ones_like(ids))
     finally:
         for h in handles:
             h.remove()
@@ -150,8 +157,8 @@ def _probe(model: torch.nn.Module, modules, batch: int, length: int) -> list[tup
 def _structural_profile(modules) -> FlopProfile:
     """Fallback when the model cannot be probed: every matmul layer at every position with an input that
     needs its gradient (an upper bound for frozen-base methods), no per-sample layers."""
-    train = sum(2 * m.weight.numel() * (2 + m.weight.requires_grad) for m, _ in modules)
-    evaluation = sum(2 * m.weight.numel() for m, _ in modules)
+    train = sum(2 * param_count(m.weight) * (2 + m.weight.requires_grad) for m, _ in modules)
+    evaluation = sum(2 * param_count(m.weight) for m, _ in modules)
     return FlopProfile(float(train), float(evaluation), 0.0, 0.0, 0, probed=False)
 
 
@@ -167,6 +174,11 @@ def flop_profile(model: torch.nn.Module, lengths: tuple[int, int] = (8, 16),
     rows = a * samples * length + b * samples + c, so a is per real token, b per sample (virtual
     positions, pooled heads, per-sample prompt encoders), c per batch. Attention scores (and other
     non-linear-layer FLOPs) are not counted. Tested against torch.utils.flop_counter.FlopCounterMode.
+
+    A causal LM is probed with logits_to_keep=1, as bench runs it: its LM head counts once per sample. That is
+    exact where one position is read (verbalizer classification) and a lower bound where a few are (the answer
+    tokens of multiple choice and generation training, each generated token): MFU is understated, never
+    inflated by head work that does not run.
     """
     modules = _matmul_modules(model)
     (l1, l2), (s1, s2) = lengths, batches
@@ -183,7 +195,7 @@ def flop_profile(model: torch.nn.Module, lengths: tuple[int, int] = (8, 16),
     evaluation = dict(train)
     ratios = []
     for (module, _), *probes in zip(modules, base, longer, wider):
-        n = module.weight.numel()
+        n = param_count(module.weight)
         per_row_train = 2 * n * (1 + module.weight.requires_grad)
         for k, cost_train, cost_eval in ((0, per_row_train, 2 * n), (1, 2 * n, 0)):  # all rows; input-grad rows
             r0, r_long, r_wide = (p[k] for p in probes)

@@ -110,6 +110,9 @@ class Method:
             raise ConfigError(f"method.init: only soft prompt methods take an init (method={self.name} does not); "
                               "remove method.init")
 
+    def check_training(self, trainer_cfg: DictConfig) -> None:
+        """Raise ConfigError when this method cannot train with these trainer options (e.g. checkpointing)."""
+
     def peft_config(self, task_type: str, **_: Any):
         """The PEFT config this method instantiates (None: not a PEFT method)."""
         return None

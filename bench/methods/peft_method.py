@@ -23,6 +23,9 @@ from bench.methods.base import Adapted, ApplyContext, Method, task_type_for
 
 # positions of a prompt-learning method's virtual tokens that pass every layer (prefix tuning: key/values only)
 PREFIX_TYPES = ("PREFIX_TUNING",)
+# PEFT's prompt-learning types it refuses to build on a gradient-checkpointed model (PeftModel._setup_prompt_encoder,
+# huggingface/peft#2191): their prefix reaches every layer as a key/value Cache, which checkpointing cannot carry
+CACHE_PREFIX_TYPES = ("PREFIX_TUNING", "CARTRIDGE")
 # a placeholder budget for checking an AdaLoRA config before the run's step count is known
 _CHECK_TOTAL_STEPS = 10_000
 
@@ -157,6 +160,14 @@ class PeftMethod(Method):
         # build the PEFT config now: a wrong nested key fails here, before any data or model loads
         self.peft_config(task_type_for(model_kind), total_steps=_CHECK_TOTAL_STEPS, num_virtual_tokens=1)
 
+    def check_training(self, trainer_cfg: DictConfig) -> None:
+        if trainer_cfg.get("gradient_checkpointing") and self.peft_type in CACHE_PREFIX_TYPES:
+            raise ConfigError(f"trainer.gradient_checkpointing: PEFT refuses it for method={self.name} "
+                              f"(\"{self.peft_type} does not work with gradient checkpointing\": the prefix enters "
+                              "every layer as a key/value cache, and checkpointing does not work with a cache; "
+                              "huggingface/peft#2191); set trainer.gradient_checkpointing=false or use another "
+                              "method (e.g. lora, prompt)")
+
     # ------------------------------------------------------------------ on the model
     def apply(self, model: torch.nn.Module, ctx: ApplyContext) -> Adapted:
         peft = self._peft
@@ -166,6 +177,11 @@ class PeftMethod(Method):
             text = soft_prompt_init.init_text(init, ctx.task_spec, ctx.prompt_text)
             n_text = len(soft_prompt_init.token_ids(ctx.tokenizer, text))
         peft_cfg = self.peft_config(ctx.task_type, total_steps=ctx.total_steps, num_virtual_tokens=n_text)
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+            # QLoRA: the quantised base frozen, its unquantised norms and head in fp32 (gradient checkpointing is
+            # trainer.gradient_checkpointing's, set before this)
+            model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # fp16 / bf16 bases: PEFT's autocast_adapter_dtype (on by default) keeps the LoRA-like adapters fp32
         peft_model = peft.get_peft_model(model, peft_cfg)
         virtual = int(getattr(peft_cfg, "num_virtual_tokens", 0) or 0) if self.prompt_learning else 0
         if init is not None and self.peft_type in soft_prompt_init.MODES_BY_PEFT_TYPE:

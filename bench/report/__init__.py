@@ -2,7 +2,10 @@
 
     fmt (values and number formats) <- model (types) <- read (result, predictions and serve-eval files)
     <- stats (intervals, metrics by name, paired bootstrap) <- aggregate (groups, baselines, comparisons, flags)
-    <- tables (renderer-neutral blocks), serving <- markdown, csv_export, svg <- html <- build (the entry point)
+    <- stability, soft_prompts (their sections' blocks) <- tables (renderer-neutral blocks), serving
+    <- markdown, csv_export, svg <- html <- build (the entry point)
+    (experiments: the named experiments' plot data and tables, from model, stats and fmt; experiment_svg draws
+    them with svg's helpers; markdown and html render them)
 
 This file imports nothing, so `import bench.report.<module>` loads only what that module needs. The old
 entry point names (`bench.report:main`, `from bench.report import build_report`) still resolve, lazily.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.report.aggregate import aggregate
 from bench.report.csv_export import render_csv, render_verdicts
+from bench.report.experiments import experiment_sections
 from bench.report.html import render_html
 from bench.report.markdown import render_markdown
 from bench.report.model import Report
@@ -25,7 +26,8 @@ REPORT_FILES = {"markdown": "report.md", "html": "index.html", "csv": "results.c
 def collect(results_dir: Path) -> Report:
     runs, unreadable = load_runs(Path(results_dir))
     trials = [r for r in runs if r.status == "finished" and r.dev_only]
-    return Report(runs, unreadable, aggregate(runs), load_serve_files(Path(results_dir)), trials)
+    return Report(runs, unreadable, aggregate(runs), load_serve_files(Path(results_dir)), trials,
+                  experiments=experiment_sections(runs))
 
 
 def _write(path: Path, content: str) -> None:

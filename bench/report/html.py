@@ -13,6 +13,7 @@ from bench.report.aggregate import PARETO_COSTS
 from bench.report.fmt import fmt_bytes, fmt_count, fmt_rate
 from bench.report.model import Report, Section, Table
 from bench.report.serving import SERVING_LEGEND, SERVING_TITLE, serving_blocks
+from bench.report.experiment_svg import experiment_svg
 from bench.report.svg import bars, esc, method_colors, scatter
 from bench.report.tables import (LEGEND, commands_table, env_table, failed_table, incomplete_table, runs_table,
                                  section_blocks, unreadable_table)
@@ -133,6 +134,18 @@ def _section_html(index: int, s: Section) -> str:
     return "".join(out)
 
 
+def _experiment_html(e) -> str:
+    """A named experiment's section (bench.report.experiments): per plot its table and its SVG."""
+    out = [f'<section id="experiment-{esc(e.name)}" data-experiment="{esc(e.name)}"><h2>{esc(e.title)}</h2>',
+           f"<p>{esc(e.intro)}</p>"]
+    for plot, blocks in e.parts:
+        out.append(blocks_html(blocks))
+        out.append(f'<div class="plots"><figure id="{esc(plot.id)}"><figcaption>{esc(plot.title)}</figcaption>'
+                   f"{experiment_svg(plot)}</figure></div>")
+    out.append("</section>")
+    return "".join(out)
+
+
 def _tracebacks(runs: list) -> str:
     out = []
     for r in runs:
@@ -164,6 +177,7 @@ def render_html(report: Report) -> str:
     else:
         out.append("<p>No finished, failed or diverged runs found.</p>")
     out += [_section_html(i, s) for i, s in enumerate(report.sections)]
+    out += [_experiment_html(e) for e in report.experiments]
     if report.serving:
         out.append(f'<section id="serving"><h2>{esc(SERVING_TITLE)}</h2><p>{esc(SERVING_LEGEND)}</p>'
                    + "".join(blocks_html(serving_blocks(item)) for item in report.serving) + "</section>")

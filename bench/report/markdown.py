@@ -43,6 +43,18 @@ def md_blocks(blocks) -> list[str]:
     return out
 
 
+def experiments_markdown(report: Report) -> list[str]:
+    """The named experiments' sections (bench.report.experiments): tables of the plotted points; the plots are in
+    index.html under the anchor given."""
+    out = []
+    for e in report.experiments:
+        out += [f"## {md_escape(e.title)}", "", md_escape(e.intro), ""]
+        for plot, blocks in e.parts:
+            out += md_blocks(blocks)
+            out += [f"Plot: [index.html#{plot.id}](index.html#{plot.id}) ({md_escape(plot.title)}).", ""]
+    return out
+
+
 def render_markdown(report: Report) -> str:
     out = ["# Benchmark report", "", md_escape(report.summary()) + ".", ""]
     out += [LEGEND, ""] if report.sections else ["No finished, failed or diverged runs found.", ""]
@@ -50,6 +62,7 @@ def render_markdown(report: Report) -> str:
         direction = "higher is better" if s.maximise else "lower is better"
         out += [f"## {md_escape(s.task)}: {md_escape(s.primary)} ({direction})", ""]
         out += md_blocks(section_blocks(s))
+    out += experiments_markdown(report)
     if report.serving:
         out += [f"## {SERVING_TITLE}", "", SERVING_LEGEND, ""]
         for item in report.serving:

@@ -222,6 +222,7 @@ class Report:
     sections: list[Section]
     serving: list[ServeFile] = field(default_factory=list)  # bench-serve-eval files, sorted by path
     trials: list[Run] = field(default_factory=list)          # finished dev-only selection trials
+    experiments: list = field(default_factory=list)  # bench.report.experiments.ExperimentSection, when runs exist
 
     @property
     def failed(self) -> list[Run]:

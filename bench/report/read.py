@@ -28,7 +28,9 @@ def is_serve_file(name: str) -> bool:
 
 
 # override keys that say which group a run belongs to (or where it is written), not how it differs
-IDENTITY_KEYS = {"task", "model", "method", "seed", "sweep", "force", "logger", "selection_file"}
+# (model.dtype / model.quantization: shown in the run's model label, model_of)
+IDENTITY_KEYS = {"task", "model", "method", "seed", "sweep", "force", "logger", "selection_file", "model.dtype",
+                 "model.quantization"}
 IDENTITY_PREFIXES = ("paths.", "logger.", "hydra.")
 
 
@@ -50,6 +52,18 @@ def variant_overrides(overrides: Any) -> list[str]:
             continue
         kept.append(entry)
     return sorted(kept)
+
+
+def model_of(data: Result) -> str:
+    """The run's model name, with its weights' format where it is not the default (fp32, unquantised):
+    "smollm2-135m bf16", "smollm2-135m nf4". A base loaded in another format is another model to compare."""
+    name = text(data.get("model"))
+    model_cfg = (data.get("config") or {}).get("model")
+    if not name or not isinstance(model_cfg, dict):
+        return name or DASH
+    formats = [text(model_cfg.get("dtype"))] if model_cfg.get("dtype") not in (None, "fp32") else []
+    formats += [text(model_cfg["quantization"])] if model_cfg.get("quantization") else []
+    return " ".join([name, *formats])
 
 
 def primary_of(data: Result) -> tuple[str, float | None, float | None]:
@@ -156,7 +170,7 @@ def load_runs(results_dir: Path) -> tuple[list[Run], list[Unreadable]]:
         primary, value, dev_value = primary_of(data)
         sha, dirty = code_of(data)
         run = Run(path=rel, data=data, status=data["status"],
-                  task=text(data.get("task")) or DASH, model=text(data.get("model")) or DASH,
+                  task=text(data.get("task")) or DASH, model=model_of(data),
                   method=text(data.get("method")) or DASH, variant=variant_of(data.get("overrides")),
                   seed=data.get("seed"), primary=primary, value=value, dev_value=dev_value,
                   conditions=conditions_of(data), git_sha=sha, git_dirty=dirty)

@@ -143,10 +143,68 @@ def mixed_blocks(mixed: dict, title: str) -> list[tuple[str, Any]]:
     return blocks
 
 
+def _interval_text(block: dict) -> str:
+    interval = block.get("interval")
+    if not isinstance(interval, list) or len(interval) != 2:
+        return DASH
+    return f"[{fmt_metric(num(interval[0]))}, {fmt_metric(num(interval[1]))}]"
+
+
+def ensemble_blocks(item: ServeFile) -> list[tuple[str, Any]]:
+    """A serve-ensemble-<method>-<task>.json (bench-serve-eval ensemble): the prompts' vote against single prompts
+    and full fine-tuning, and what serving N prompts costs."""
+    data = item.data
+    cost = data.get("cost") if isinstance(data.get("cost"), dict) else {}
+    n = fmt_count(num(cost.get("prompts")))
+    primary = text(data.get("primary_metric")) or "metric"
+    blocks: list[tuple[str, Any]] = [("h3", item.path), ("p", (
+        f"Prompt ensemble: {n} soft prompts of method {text(data.get('method')) or DASH} on task "
+        f"{text(data.get('task')) or DASH} served together on {fmt_count(num(cost.get('bases')))} base(s) "
+        f"({text(data.get('model')) or DASH}; device {text(data.get('device')) or DASH}), "
+        f"{fmt_count(num(data.get('rows')))} {text(data.get('split')) or DASH} rows. Majority vote: each prompt's "
+        f"label one vote, ties to the higher mean probability ({fmt_count(num(dig(data, 'ensemble', 'tied_votes')))} "
+        "tied rows); mean probability: the label of the prompts' mean probabilities."))]
+    rows = [cells(f"prompt, seed {text(p.get('seed')) or DASH}", fmt_metric(num(p.get("served_metric"))), DASH,
+                  DASH) for p in dicts(data.get("prompts"))]
+    examples = "examples (bootstrap)"
+    for label, block, over in (("single prompts (mean)", data.get("single_prompts"), "seeds (t)"),
+                               ("ensemble: majority vote", dig(data, "ensemble", "majority_vote"), examples),
+                               ("ensemble: mean probability", dig(data, "ensemble", "mean_probability"), examples),
+                               ("full fine-tuning (mean)", data.get("full_finetuning"), "seeds (t)")):
+        if isinstance(block, dict):
+            value = num(block.get("mean", block.get("metric")))
+            runs = f", {fmt_count(num(block.get('n')))} runs" if "n" in block else ""
+            rows.append(cells(label, fmt_metric(value), _interval_text(block), over + runs))
+        elif label.startswith("full"):
+            rows.append(cells(label, DASH, DASH, "no finished run of the task in this folder"))
+    blocks += [("h4", "Ensemble vs single prompts vs full fine-tuning"),
+               ("table", Table(["predictor", primary, "95% CI", "interval over"], rows, {1}))]
+    one = cost.get("ensemble_one_batch") if isinstance(cost.get("ensemble_one_batch"), dict) else None
+    single_bytes, full_bytes = num(cost.get("adapter_bytes_mean")), num(cost.get("full_checkpoint_bytes"))
+    cost_rows = [cells(f"stored bytes ({n} adapters vs 1 full checkpoint)", fmt_bytes(num(cost.get("adapters_bytes"))),
+                       fmt_bytes(single_bytes), fmt_bytes(full_bytes)),
+                 cells("samples/s, N passes (one per prompt)",
+                       fmt_rate1(num(cost.get("ensemble_n_passes_samples_per_s"))),
+                       fmt_rate1(num(cost.get("single_prompt_samples_per_s_mean"))), DASH),
+                 cells("samples/s, one batch (rows repeated per prompt)",
+                       fmt_rate1(num(one.get("samples_per_s"))) if one else DASH, DASH, DASH)]
+    blocks += [("h4", "Serving cost: N prompts vs one prompt vs a full model"),
+               ("table", Table(["measure", f"ensemble ({n} prompts)", "one prompt", "full fine-tuned model"],
+                               cost_rows, {1, 2, 3}))]
+    if one:
+        blocks.append(("p", f"One batch: predictions equal to the per-prompt passes "
+                            f"{_out_of(num(one.get('same_predictions')), num(one.get('predictions')))}."))
+    elif cost.get("ensemble_one_batch_skipped"):
+        blocks.append(("p", f"One batch skipped: {text(cost.get('ensemble_one_batch_skipped'))}."))
+    return blocks
+
+
 def serving_blocks(item: ServeFile) -> list[tuple[str, Any]]:
     """One serve-<method>.json as blocks: ("h3"/"h4"/"p", text) and ("table", Table)."""
     if item.data is None:
         return [("h3", item.path), ("p", f"Unreadable: {item.reason}.")]
+    if item.data.get("kind") == "ensemble":
+        return ensemble_blocks(item)
     data = item.data
     groups = dicts(data.get("groups"))
     models = sorted({text(g.get("model")) for g in groups if g.get("model") is not None})

@@ -426,3 +426,55 @@ def verdict(interval: tuple[float, float], maximise: bool = True) -> str:
     if hi < 0:
         return WORSE if maximise else BETTER
     return SAME
+
+
+# ---------------------------------------------------------------------------- stability over seeds
+
+def _improvement(a: np.ndarray, b: np.ndarray, maximise: bool) -> np.ndarray:
+    """P(one of a's values beats one of b's) over every pair, along the last axis of each (ties count 1/2)."""
+    if not maximise:
+        a, b = -a, -b
+    x, y = a[..., :, None], b[..., None, :]
+    return ((x > y) + 0.5 * (x == y)).mean(axis=(-2, -1))
+
+
+def probability_of_improvement(a: list[float], b: list[float], maximise: bool = True,
+                               confidence: float = CONFIDENCE) -> tuple[float, tuple[float, float]]:
+    """P(a seed's run of A beats a seed's run of B), estimated over all seed pairs (ties count 1/2), with a
+    percentile bootstrap interval that resamples the seeds of each side on its own (BOOTSTRAP_SEED). The seeds of
+    A and B are not paired: this asks how often one training of A ends above one training of B."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size == 0 or y.size == 0:
+        raise ValueError("probability of improvement: a side without values")
+    point = float(_improvement(x, y, maximise))
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    resampled = _improvement(x[rng.integers(0, x.size, (N_RESAMPLES, x.size))],
+                             y[rng.integers(0, y.size, (N_RESAMPLES, y.size))], maximise)
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(resampled, [tail, 1 - tail])
+    return point, (float(lo), float(hi))
+
+
+def metric_interval(metric: str, refs: list, preds: list, args: dict | None = None,
+                    confidence: float = CONFIDENCE) -> tuple[float, tuple[float, float]]:
+    """The metric on all examples with a percentile bootstrap interval over examples (BOOTSTRAP_SEED): e.g. an
+    ensemble's accuracy on one validation set. Metrics with a closed form here (see has_closed_form)."""
+    name, n = canonical(metric), len(refs)
+    if n < 2:
+        raise ValueError("fewer than 2 examples")
+    value = metric_value(name, refs, preds, args)
+    rng, batch, parts = np.random.default_rng(BOOTSTRAP_SEED), max(1, _BATCH_CELLS // n), []
+    if name in PER_EXAMPLE:
+        per = per_example(name, refs, preds)
+        resample = lambda index: per[index].mean(axis=-1)  # noqa: E731
+    elif name in CONFUSION:
+        labels, (codes,) = _confusion_codes(refs, preds)
+        resample = lambda index: CONFUSION[name](_confusion(codes[index], len(labels)),  # noqa: E731
+                                                 labels=labels, **(args or {}))
+    else:
+        raise ValueError(f"no bootstrap over examples for {metric}")
+    for start in range(0, N_RESAMPLES, batch):
+        parts.append(np.asarray(resample(rng.integers(0, n, size=(min(batch, N_RESAMPLES - start), n))), float))
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(np.concatenate(parts), [tail, 1 - tail])
+    return value, (float(lo), float(hi))

@@ -146,9 +146,16 @@ def format_table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     # as bench.cli: nothing here needs the network (the hub only for a task without local files)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ensemble"]:  # bench-serve-eval ensemble RESULTS_DIR --task T: one task's prompts voting
+        from bench.serve.ensemble import main as ensemble_main
+
+        return ensemble_main(argv[1:])
     parser = argparse.ArgumentParser(prog="bench-serve-eval",
                                      description="Serve many trained adapters of one method from one base model, "
-                                                 "and measure what that costs.")
+                                                 "and measure what that costs.",
+                                     epilog="bench-serve-eval ensemble RESULTS_DIR --task TASK: the seeds' soft "
+                                            "prompts of one task served together, voting (see --help there).")
     parser.add_argument("results_dir", help="a sweep's results folder, e.g. results/<sweep>")
     parser.add_argument("--method", required=True,
                         help="a PEFT method whose runs under results_dir kept an adapter/ folder (e.g. lora, prompt)")

@@ -6,11 +6,14 @@ metrics that fit, and the majority/constant baseline. `run`, `serve` and `config
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from bench.errors import ConfigError
@@ -168,18 +171,87 @@ def token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+# ---------------------------------------------------------------------------- the LM head where something is read
+# A decoder's scores and losses read a few positions (the answer's, a choice's, a prompt's last); the LM head over
+# every position, and a float log-softmax of the whole (rows, length, vocabulary), cost most of an eval pass's memory
+# (SmolLM2-135M, COPA, eval batch 32: 9.65 GB added; scripts/bench_overhead.py --eval-tasks). Here the model runs
+# with its head on one position only (transformers' logits_to_keep), and the head is applied to the final hidden
+# states that are read.
+
+# rows of hidden states per LM-head call without gradients: what an eval pass holds is this many x vocabulary floats
+HEAD_ROWS_PER_CHUNK = 1024
+
+
+def causal_lm(model):
+    """The transformers causal LM under accelerate's (DDP, torch.compile) and PEFT's wrappers."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@functools.lru_cache(maxsize=None)
+def _one_logit(lm_class: type) -> dict:
+    """The forward argument that keeps the logits of the last position only (transformers >= 4.50: logits_to_keep;
+    4.45-4.49: num_logits_to_keep), or none where the model has neither."""
+    parameters = inspect.signature(lm_class.forward).parameters
+    return next(({name: 1} for name in ("logits_to_keep", "num_logits_to_keep") if name in parameters), {})
+
+
+def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """What the LM head reads (the decoder stack's last hidden states, after its final norm) at the real
+    positions: (rows, input width, hidden), from one forward pass of `model` as it is (PEFT included).
+
+    The states come from a forward hook on the decoder stack (get_decoder()): output_hidden_states would keep
+    every layer's. PEFT's prompt tuning and P-tuning prepend their virtual positions to the sequence, so the last
+    `width` positions are the real ones; prefix tuning adds none (its prefix is in the attention cache)."""
+    lm = causal_lm(model)
+    captured = []
+    handle = lm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, **_one_logit(type(lm)))
+    finally:
+        handle.remove()
+    return captured[-1][:, -input_ids.shape[1]:]
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on rows of final hidden states (n, hidden) -> (n, vocabulary), in float."""
+    return causal_lm(model).get_output_embeddings()(hidden).float()
+
+
+def token_logprobs(model, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(tokens[i] | hidden[i]) for rows of final hidden states (n, hidden) and the tokens they predict (n,):
+    the head on those rows only, the log-softmax's normaliser as a logsumexp; without gradients (evaluation), in
+    chunks of HEAD_ROWS_PER_CHUNK rows, so that memory does not grow with rows x vocabulary."""
+    step = max(len(tokens), 1) if torch.is_grad_enabled() else HEAD_ROWS_PER_CHUNK
+    out = []
+    for start in range(0, max(len(tokens), 1), step):
+        logits = head_logits(model, hidden[start:start + step])
+        picked = logits.gather(-1, tokens[start:start + step].unsqueeze(-1)).squeeze(-1)
+        out.append(picked - torch.logsumexp(logits, dim=-1))
+    return torch.cat(out)
+
+
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       target_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of log-probabilities of the tokens where target_mask is 1, per row, and how many there are.
+    """Sum of log-probabilities of the tokens where target_mask is 1, per row, and how many there are (the first
+    position has no prediction: it is never counted). The head reads only the positions that predict them."""
+    hidden = final_hidden_states(model, input_ids, attention_mask)
+    read = target_mask[:, 1:].bool()  # position t predicts token t+1
+    picked = token_logprobs(model, hidden[:, :-1][read], input_ids[:, 1:][read])
+    rows = read.nonzero()[:, 0]
+    total = picked.new_zeros(input_ids.shape[0]).index_add_(0, rows, picked)
+    return total, read.sum(dim=1).to(total.dtype)
 
-    Works with PEFT prompt tuning, whose logits carry the virtual positions first: the last
-    seq_len positions are the real ones.
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -input_ids.shape[1]:]
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t+1
-    picked = logprobs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    mask = target_mask[:, 1:].to(picked.dtype)
-    return (picked * mask).sum(dim=1), mask.sum(dim=1)
+
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """A causal-LM training batch's loss (answer_batch: `labels` -100 where nothing is predicted): the mean
+    cross-entropy over the answer tokens, as model(**batch).loss computes it, with the head on their positions only."""
+    hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
+    targets = batch["labels"][:, 1:]
+    read = targets != -100  # position t predicts token t+1
+    return F.cross_entropy(head_logits(model, hidden[:, :-1][read]), targets[read])
 
 
 class PromptText(str):

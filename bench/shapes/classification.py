@@ -12,8 +12,9 @@ import torch
 from omegaconf import DictConfig
 
 from bench.errors import ConfigError
-from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, fit_prompts, majority,
-                               map_rows, pad, padded_inputs, token_ids)
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, answer_loss, fill,
+                               final_hidden_states, fit_prompts, head_logits, majority, map_rows, pad, padded_inputs,
+                               sequence_logprobs, token_ids)
 
 
 def _encoder_texts(batch: dict, fields: list[str], sep: str) -> list[list[str]]:
@@ -67,29 +68,22 @@ def last_position_logits(logits: torch.Tensor, attention_mask: torch.Tensor) -> 
 
 
 def choice_scores(model, batch: dict, label_ids: list[list[int]]) -> torch.Tensor:
-    """Log-probability of each label's verbalizer continuation after each prompt: (batch, labels)."""
+    """Log-probability of each label's verbalizer continuation after each prompt: (batch, labels). The LM head
+    reads only the positions that predict a label token."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    if all(len(x) == 1 for x in label_ids):  # one forward pass reads every single-token label
-        logits = last_position_logits(model(input_ids=ids, attention_mask=mask).logits, mask)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        return logprobs[:, [x[0] for x in label_ids]]
+    if all(len(x) == 1 for x in label_ids):  # one forward pass reads every single-token label at the last position
+        hidden = final_hidden_states(model, ids, mask)
+        last = hidden[torch.arange(ids.shape[0], device=ids.device), mask.sum(dim=1) - 1]
+        logits = head_logits(model, last)
+        return logits[:, [x[0] for x in label_ids]] - torch.logsumexp(logits, dim=-1, keepdim=True)
     scores = []
-    lengths = mask.sum(dim=1)
-    for answer in label_ids:  # multi-token labels: one pass per label, summing the continuation
-        k = len(answer)
-        rows = [torch.cat([ids[i, :lengths[i]], ids.new_tensor(answer)]) for i in range(ids.shape[0])]
-        width = max(len(r) for r in rows)
-        seq = ids.new_zeros((len(rows), width))  # padding is masked out
-        att = torch.zeros_like(seq)
-        for i, r in enumerate(rows):
-            seq[i, :len(r)], att[i, :len(r)] = r, 1
-        logits = model(input_ids=seq, attention_mask=att).logits[:, -width:].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        total = torch.zeros(len(rows), device=logits.device)
-        for i in range(len(rows)):
-            start = int(lengths[i])
-            for j in range(k):  # token at start+j is predicted at position start+j-1
-                total[i] += logprobs[i, start + j - 1, answer[j]]
+    lengths = mask.sum(dim=1).tolist()
+    for answer in label_ids:  # multi-token labels: one pass per label, summing the continuation's log-probabilities
+        rows = [ids[i, :n].tolist() + answer for i, n in enumerate(lengths)]
+        targets = [[0] * n + [1] * len(answer) for n in lengths]
+        seq = padded_inputs(rows, 0)  # padding is masked out
+        total, _ = sequence_logprobs(model, seq["input_ids"].to(ids.device), seq["attention_mask"].to(ids.device),
+                                     pad(targets, 0).to(ids.device))
         scores.append(total)
     return torch.stack(scores, dim=1)
 
@@ -198,7 +192,7 @@ class Classification(Shape):
             return [n + len(label_ids[y]) for n, y in zip(ds["length"], ds["labels"])]
 
         return Pipeline(tokenize=map_rows(encode), train_collate=DecoderTrainCollator(tokenizer, label_ids),
-                        eval_collate=DecoderEvalCollator(tokenizer), loss=_model_loss, predict=predict,
+                        eval_collate=DecoderEvalCollator(tokenizer), loss=answer_loss, predict=predict,
                         train_lengths=train_lengths)
 
     def demonstration(self, spec, row):

@@ -20,8 +20,8 @@ import torch
 
 from bench.errors import ConfigError
 from bench.metrics.extract import extract_last_number
-from bench.shapes.base import (MIN_PROMPT_TOKENS, DataError, ModelHead, Pipeline, Shape, answer_batch, fill,
-                               fit_prompts, map_rows, padded_inputs, token_ids)
+from bench.shapes.base import (MIN_PROMPT_TOKENS, DataError, ModelHead, Pipeline, Shape, answer_batch, answer_loss,
+                               fill, fit_prompts, map_rows, padded_inputs, token_ids)
 
 
 def last_number(text: str) -> str:
@@ -123,7 +123,7 @@ class Generation(Shape):
             return texts, generated
 
         return Pipeline(tokenize=map_rows(encode), train_collate=_TrainCollator(tokenizer, max_length),
-                        eval_collate=_EvalCollator(tokenizer), loss=lambda model, batch: model(**batch).loss,
+                        eval_collate=_EvalCollator(tokenizer), loss=answer_loss,
                         predict=predict, train_lengths=train_lengths, generates=True)
 
     def finalize(self, spec, raw):

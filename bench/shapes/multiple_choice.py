@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import ConfigError
-from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, fill, fit_prompts, map_rows,
-                               majority, pad, padded_inputs, sequence_logprobs, token_ids)
+from bench.shapes.base import (DataError, ModelHead, Pipeline, Shape, answer_batch, answer_loss, fill, fit_prompts,
+                               map_rows, majority, pad, padded_inputs, sequence_logprobs, token_ids)
 
 
 def context_text(spec, row: dict) -> str:
@@ -146,7 +146,7 @@ class MultipleChoice(Shape):
             return [len(p) + len(c[y]) for p, c, y in zip(ds["input_ids"], ds["choice_ids"], ds["labels"])]
 
         return Pipeline(tokenize=map_rows(encode), train_collate=_DecoderChoiceTrainCollator(tokenizer),
-                        eval_collate=_DecoderChoiceEvalCollator(tokenizer), loss=lambda model, batch: model(**batch).loss,
+                        eval_collate=_DecoderChoiceEvalCollator(tokenizer), loss=answer_loss,
                         predict=_decoder_predict, train_lengths=train_lengths)
 
     def finalize(self, spec, raw):
