@@ -341,6 +341,8 @@ class Conditions(TypedDict):
     launcher: str
     precision: str
     sharding: NotRequired[str]       # trainer.sharding as run: none | fsdp (FSDP2); absent in older results
+    options: NotRequired[str]        # what else changes memory or speed, as run: "" (none) or e.g. "weights bf16,
+                                     # gradient checkpointing, compile, grad accumulation 2, fsdp"; absent in older results
 
 
 class Result(TypedDict):

@@ -174,6 +174,20 @@ def truncation_section(cfg: DictConfig, prep: Prepared, trained: bool) -> dict:
     return section
 
 
+def speed_memory_options(cfg: DictConfig, fsdp: bool) -> str:
+    """The settings besides device, threads, launcher, processes and precision that change a run's speed or memory,
+    as one label ("" when none): the report compares speed and memory only between rows with the same."""
+    m, tr = cfg.model, cfg.trainer
+    options = [f"weights {m.dtype}" if m.get("dtype", "fp32") != "fp32" else "",
+               f"quantization {m.quantization}" if m.get("quantization") else "",
+               f"attention {m.attn_implementation}" if m.get("attn_implementation", "sdpa") != "sdpa" else "",
+               "gradient checkpointing" if tr.get("gradient_checkpointing") else "",
+               "compile" if tr.get("compile") else "",
+               f"grad accumulation {tr.grad_accumulation}" if tr.get("grad_accumulation", 1) > 1 else "",
+               "fsdp" if fsdp else ""]
+    return ", ".join(o for o in options if o)
+
+
 def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger, guard: PreemptionGuard) -> None:
     from transformers import set_seed
 
@@ -339,6 +353,7 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         "launcher": os.environ.get("BENCH_LAUNCHER", "python"),  # set by the Hydra entry point
         "sharding": "fsdp" if accelerator.is_fsdp2 else "none",
         "precision": accelerator.mixed_precision,
+        "options": speed_memory_options(cfg, fsdp=accelerator.is_fsdp2),
     }
 
     # MFU: linear-layer FLOPs from the model's structure; positions = real tokens + virtual positions

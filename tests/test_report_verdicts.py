@@ -327,3 +327,19 @@ def test_predictions_files_that_cannot_be_used(tmp_path):
     runs = {r.method: r for r in collect(root).runs}
     assert runs["lora"].predictions is None and "leaves the run folder" in runs["lora"].predictions_problem
     assert runs["full"].predictions is None and "not a readable gzip file" in runs["full"].predictions_problem
+
+
+def test_gradient_checkpointing_or_compile_is_a_condition_speed_and_memory_are_not_compared_across(tmp_path):
+    root = tmp_path / "results"
+    for method, options, added in (("full", "gradient checkpointing", 2**30), ("lora", "", 3 * 2**30),
+                                   ("prompt", "", 2 * 2**30)):
+        write_run(root, "mrpc", method, predictions=False, majority=None, conditions={"options": options},
+                  memory={"added_bytes": added})
+    text = build_report(root, tmp_path / "out")["markdown"].read_text(encoding="utf-8")
+    rows = _rows(md_tables(text), "mrpc: accuracy (higher is better)")
+    # full's 1 GiB was bought with recomputation: not bold against lora and prompt, which ran without it
+    assert rows["full"]["memory (added)"] == "1.0 GiB" and rows["prompt"]["memory (added)"] == "**2.0 GiB**"
+    assert rows["full"]["conditions"] != rows["prompt"]["conditions"] == rows["lora"]["conditions"]
+    keys = {r["conditions"]: r for r in md_tables(text)["mrpc: accuracy (higher is better)"] if "options" in r}
+    assert keys[rows["full"]["conditions"]]["options"] == "gradient checkpointing"
+    assert keys[rows["lora"]["conditions"]]["options"] == "–"

@@ -29,7 +29,7 @@ SECTION_COLUMNS = {
     "time": ["train_s", "eval_s", "total_s"],
     "energy": ["source", "train_j", "eval_j", "j_per_1k_train_tokens", "j_per_1k_eval_examples"],
 }
-CONDITIONS = ["device", "device_name", "torch_threads", "launcher", "processes", "precision"]
+CONDITIONS = ["device", "device_name", "torch_threads", "launcher", "processes", "precision", "options"]
 ENV = ["git_sha", "git_dirty", "torch", "transformers", "peft"]
 
 

@@ -27,13 +27,15 @@ class Conditions:
     launcher: str = ""
     processes: str = ""
     precision: str = ""
+    options: str = ""       # gradient checkpointing, compile, weights dtype, ... ("" = none, or not recorded)
 
     def label(self) -> str:
         device = self.device or DASH
         if self.device_name:
             device += f" ({self.device_name})"
+        options = f", {self.options}" if self.options else ""
         return (f"{device}, torch threads {self.torch_threads or DASH}, launcher {self.launcher or DASH}, "
-                f"processes {self.processes or DASH}, precision {self.precision or DASH}")
+                f"processes {self.processes or DASH}, precision {self.precision or DASH}{options}")
 
 
 @dataclass

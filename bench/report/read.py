@@ -92,7 +92,7 @@ def conditions_of(data: Result) -> Conditions:
 
     return Conditions(pick("device", env.get("device")), pick("device_name", env.get("device_name")),
                       pick("torch_threads", env.get("torch_threads")), pick("launcher"),
-                      pick("processes", tput.get("processes")), pick("precision"))
+                      pick("processes", tput.get("processes")), pick("precision"), pick("options"))
 
 
 def code_of(data: Result) -> tuple[str, bool]:

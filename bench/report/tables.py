@@ -201,12 +201,14 @@ def families_text(section: Section) -> str:
 
 def conditions_blocks(section: Section) -> list[Block]:
     if section.condition_keys:
+        with_options = any(c.options for c in section.condition_keys)  # (the column only where a row has one)
         rows = [cells(key, c.device or DASH, c.device_name or DASH, c.torch_threads or DASH, c.launcher or DASH,
-                      c.processes or DASH, c.precision or DASH) for c, key in section.condition_keys.items()]
+                      c.processes or DASH, c.precision or DASH) + cells(c.options or DASH) * with_options
+                for c, key in section.condition_keys.items()]
         return [("p", "Conditions differ between rows (column \"conditions\"): throughput, memory and time are "
                       "compared only between rows with the same conditions."),
                 ("table", Table(["conditions", "device", "device name", "torch threads", "launcher", "processes",
-                                 "precision"], rows))]
+                                 "precision"] + ["options"] * with_options, rows))]
     found = sorted({c for g in section.groups for c in g.conditions} - {Conditions()})
     return [("p", f"Conditions (every row): {found[0].label()}.")] if found else []
 
