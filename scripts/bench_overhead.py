@@ -20,10 +20,20 @@ positions predicting a choice token; verbalizer classification: each prompt's la
 and each pass's added memory (bench.measure.memory.PeakMemory, as result.json records it).
 
     .venv/bin/python scripts/bench_overhead.py --model smollm2-135m --eval-tasks copa,sst2 --eval-rows 200
+
+Training options, the same on both sides: --dtype (model.dtype), --quantization (model.quantization, bitsandbytes
+on CUDA: QLoRA with --methods lora), --gradient-checkpointing (trainer.gradient_checkpointing) and the bare loop
+share the model bench's prepare() loaded and adapted; --optimizer-impl (trainer.optimizer_impl): the bare loop's
+AdamW comes from bench.train.make_optimizer; --compile (trainer.compile): the bare loop calls
+torch.compile(..., dynamic=True) of the module it runs (the decoder stack, or the model), compiled in the warm-up.
+
+    .venv/bin/python scripts/bench_overhead.py --device cuda --model smollm2-135m-random --task synthetic_lm \
+        --methods full,lora --batch-size 16 --max-length 1024 --dtype fp32 --compile --optimizer-impl fused
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -35,16 +45,17 @@ from bench import batches as batching
 from bench.config import CONF_DIR, register_resolvers
 from bench.measure.memory import synchronize
 from bench.run import prepare
-from bench.train import batch_loader, make_accelerator, train
+from bench.train import batch_loader, make_accelerator, make_optimizer, train
 
 
-def bare_loop(model, dataset, order, collate, optimizer, scheduler, device, grad_clip, loss_fn):
-    """What a careful engineer writes by hand: the same steps with nothing around them."""
+def bare_loop(model, dataset, order, collate, optimizer, scheduler, device, grad_clip, loss_fn, forward=None):
+    """What a careful engineer writes by hand: the same steps with nothing around them. forward: what the loss
+    calls (a torch.compile of the model), default the model."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     for batch in batch_loader(dataset, order, collate):
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss = loss_fn(model, batch)
+        loss = loss_fn(model if forward is None else forward, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
@@ -52,11 +63,13 @@ def bare_loop(model, dataset, order, collate, optimizer, scheduler, device, grad
         optimizer.zero_grad(set_to_none=True)
 
 
-def bare_answer_loss(model, batch):
+def bare_answer_loss(decoder, head, batch, autocast=contextlib.nullcontext):
     """A decoder's training loss by hand: the head on the hidden states that predict an answer token only (the
-    labels that are not -100), the mean cross-entropy over those tokens (what model(**batch).loss computes)."""
-    decoder, head = _causal_lm_parts(model)
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels that are not -100), the mean cross-entropy over those tokens (what model(**batch).loss computes).
+    The decoder stack runs under the accelerator's autocast, which the harness's prepared model.forward has (the
+    stack alone has not); the head outside it, as bench's answer_loss applies it."""
+    with autocast():
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     read = targets != -100  # position t predicts token t+1
     return torch.nn.functional.cross_entropy(head(hidden[:, :-1][read]).float(), targets[read])
@@ -88,8 +101,10 @@ def measure_method(method: str, args) -> dict:
             f"model={args.model}", f"method={method}", f"task={args.task}", "logger=none",
             f"trainer.batch_size={args.batch_size}", f"trainer.train_samples={args.batch_size * args.steps * (args.rounds + 1)}",
             f"trainer.device={args.device}", "trainer.throughput_warmup_steps=0",
-            *([f"trainer.max_length={args.max_length}"] if args.max_length else [])])
+            *([f"trainer.max_length={args.max_length}"] if args.max_length else []), *training_options(args)])
     torch.manual_seed(0)
+    # one model for both loops: loaded in model.dtype (quantised with model.quantization) and, with
+    # trainer.gradient_checkpointing, checkpointed on the base model before PEFT wraps it, by prepare() itself
     prep = prepare(cfg)
     model = prep.adapted.model
     pipeline = getattr(prep, "pipeline", None)
@@ -100,7 +115,6 @@ def measure_method(method: str, args) -> dict:
     # decoders: the bare loop applies the head only where the loss reads (LoRA-like methods keep the base model's
     # forward; soft prompts change it, so they keep the shape's loss)
     decoder = cfg.model.kind == "decoder" and method in ("full", "lora", "ia3")
-    bare_loss = bare_answer_loss if decoder else loss_fn
     hooks = list(getattr(prep.adapted, "step_hooks", []) or [])
     order = batching.train_batches(prep.train_lengths, cfg.trainer.batch_size, 0, True, 1)
     chunks = [order[i:i + args.steps] for i in range(0, len(order), args.steps)][: args.rounds + 1]
@@ -108,7 +122,17 @@ def measure_method(method: str, args) -> dict:
     device = accelerator.device
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay)
+    optimizer, optimizer_impl = make_optimizer(params, lr=cfg.method.lr, weight_decay=cfg.trainer.weight_decay,
+                                               impl=cfg.trainer.optimizer_impl, device=device)
+    # trainer.compile: the bare loop compiles what it calls, as train() compiles the model it calls
+    compile_ = (lambda module: torch.compile(module, dynamic=True)) if cfg.trainer.compile else (lambda module: module)
+    if decoder:
+        stack, head = _causal_lm_parts(model)
+        stack = compile_(stack)
+        bare_loss = lambda m, batch: bare_answer_loss(stack, head, batch, accelerator.autocast)  # noqa: E731
+        bare_forward = None
+    else:
+        bare_loss, bare_forward = loss_fn, compile_(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     tokens = [sum(prep.train_lengths[i] for b in chunk for i in b) for chunk in chunks]
 
@@ -116,16 +140,22 @@ def measure_method(method: str, args) -> dict:
         with open_dict(cfg):
             cfg.trainer.log_every = args.log_every
 
+    harness_impls = set()
+
     def harness(chunk):
-        train(model, prep.train_ds, chunk, prep.train_lengths, collate, lr=cfg.method.lr,
-              trainer_cfg=cfg.trainer, accelerator=accelerator, loss_fn=loss_fn, step_hooks=hooks)
+        stats = train(model, prep.train_ds, chunk, prep.train_lengths, collate, lr=cfg.method.lr,
+                      trainer_cfg=cfg.trainer, accelerator=accelerator, loss_fn=loss_fn, step_hooks=hooks)
+        harness_impls.add(stats.optimizer_impl)
 
     def bare(chunk):
-        bare_loop(model, prep.train_ds, chunk, collate, optimizer, scheduler, device, cfg.trainer.grad_clip, bare_loss)
+        bare_loop(model, prep.train_ds, chunk, collate, optimizer, scheduler, device, cfg.trainer.grad_clip, bare_loss,
+                  forward=bare_forward)
 
-    # warm-up: both paths once on the first chunk (allocator, kernels, caches)
+    # warm-up: both paths once on the first chunk (allocator, kernels, caches; trainer.compile: the compiles)
     harness(chunks[0])
     bare(chunks[0])
+    assert harness_impls == {optimizer_impl}, f"AdamW: harness {harness_impls}, bare {optimizer_impl}"
+    graphs_before = compiled_graphs()
     # what a run pays once (prepare, optimizer, memory reset, meters): measured on an empty batch list
     clock = CLOCKS[args.clock]
     setup = statistics.median(timed(lambda: harness([]), device, clock) for _ in range(5))
@@ -140,13 +170,43 @@ def measure_method(method: str, args) -> dict:
             seconds = timed(lambda: fn(chunk), device, clock)
             seconds_by[name].append(seconds)
             rates[name].append(tokens[1 + r] / seconds)
+    # graphs compiled inside the timed rounds (should be 0: every compile belongs in the warm-up)
+    timed_compiles = compiled_graphs() - graphs_before
     ratios = [x / y for x, y in zip(rates["harness"], rates["bare"])]
     # per step: the harness's time less its once-per-run setup, against the bare loop's
     step_ratios = [b / max(h - setup, 1e-9) for h, b in zip(seconds_by["harness"], seconds_by["bare"])]
     h, b = statistics.median(rates["harness"]), statistics.median(rates["bare"])
     return {"method": method, "harness_tok_s": h, "bare_tok_s": b, "ratio": statistics.median(ratios),
             "step_ratio": statistics.median(step_ratios), "setup_ms": setup * 1e3,
-            "device": str(device), "ratios": ratios, "log_every": cfg.trainer.log_every}
+            "device": str(device), "ratios": ratios, "log_every": cfg.trainer.log_every,
+            "options": options_label(cfg, accelerator, optimizer_impl, timed_compiles)}
+
+
+def training_options(args) -> list[str]:
+    """The config overrides of the training options given on the command line (bench's defaults otherwise)."""
+    return [*([f"model.dtype={args.dtype}"] if args.dtype else []),
+            *([f"model.quantization={args.quantization}"] if args.quantization else []),
+            *([f"trainer.optimizer_impl={args.optimizer_impl}"] if args.optimizer_impl else []),
+            f"trainer.compile={str(args.compile).lower()}",
+            f"trainer.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"]
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile (dynamo) has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def options_label(cfg, accelerator, optimizer_impl: str, timed_compiles: int) -> str:
+    """What both loops ran with, one word: the weights' dtype, the autocast, compile, checkpointing, AdamW."""
+    m, tr = cfg.model, cfg.trainer
+    words = [f"dtype={m.dtype}", *([f"quant={m.quantization}"] if m.get("quantization") else []),
+             f"autocast={accelerator.mixed_precision}", f"compile={'on' if tr.compile else 'off'}",
+             f"ckpt={'on' if tr.gradient_checkpointing else 'off'}", f"adamw={optimizer_impl}"]
+    if tr.compile:
+        words.append(f"timed_compiles={timed_compiles}")
+    return ",".join(words)
 
 
 # ---------------------------------------------------------------------------- decoder evaluation
@@ -262,6 +322,19 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=32)
     parser.add_argument("--eval-rounds", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=None, help="trainer.max_length (default: the config's)")
+    # training options, applied to both loops (--methods; evaluation ignores them)
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                        help="model.dtype, the base weights (default: the model config's)")
+    parser.add_argument("--quantization", choices=("nf4", "int8"), default=None,
+                        help="model.quantization (bitsandbytes, CUDA; PEFT methods: nf4 + lora is QLoRA)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="trainer.compile; the bare loop torch.compile(dynamic=True)s what it calls; both compile "
+                        "in the warm-up")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                        help="trainer.gradient_checkpointing (non-reentrant, on the base model before PEFT; one model "
+                        "for both loops)")
+    parser.add_argument("--optimizer-impl", choices=("auto", "fused", "foreach", "for_loop"), default=None,
+                        help="trainer.optimizer_impl; the bare loop builds the same AdamW (default: the config's)")
     args = parser.parse_args()
     register_resolvers()
     torch.set_num_threads(torch.get_num_threads())  # as the environment (OMP_NUM_THREADS) set it
@@ -278,12 +351,13 @@ def main() -> None:
                   f"{torch.get_num_threads()}  {row['accuracy']}", flush=True)
         return
     print(f"{'method':<8} {'harness tok/s':>14} {'bare tok/s':>12} {'ratio':>7} {'per step':>8} {'setup ms':>9}  "
-          f"device  log_every  per-round ratios")
+          f"device  log_every  options  per-round ratios")
     for method in args.methods.split(","):
         row = measure_method(method, args)
         rounds = " ".join(f"{r:.3f}" for r in row["ratios"])
         print(f"{row['method']:<8} {row['harness_tok_s']:>14.0f} {row['bare_tok_s']:>12.0f} {row['ratio']:>7.3f} "
-              f"{row['step_ratio']:>8.3f} {row['setup_ms']:>9.1f}  {row['device']}  {row['log_every']}  {rounds}", flush=True)
+              f"{row['step_ratio']:>8.3f} {row['setup_ms']:>9.1f}  {row['device']}  {row['log_every']}  "
+              f"{row['options']}  {rounds}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@
 # gpu: trainer=gpu (bf16, 16 x 1,024 tokens) on task=synthetic_lm (throughput only: every row is 1,024 tokens,
 # scores mean nothing): full / LoRA / prompt / QLoRA (LoRA on an nf4 base) x compile on/off x gradient
 # checkpointing on/off; prints tokens/s, MFU and peak allocated / reserved memory per run, then harness / bare
-# (scripts/bench_overhead.py) on the same task and length.
+# (scripts/bench_overhead.py) on the same task, length and options, for each of those combinations
+# ($BENCH_RESULTS_DIR/overhead-gpu-preset.txt).
 set -u
 py=${1:-python3}
 shift || true
@@ -67,6 +68,18 @@ print("trainer=gpu, task=synthetic_lm (16 x 1,024 tokens), smollm2-135m-random, 
 for row in [head, *sorted(rows)]:
     print("  ".join(f"{c:>{len(h) + 2}}" for c, h in zip(row, head)))
 PY
-# harness / bare on the same load (median of interleaved rounds; bar: >= 0.97)
-want gpu && "$py" scripts/bench_overhead.py --device cuda --model smollm2-135m-random --task synthetic_lm \
-    --methods full,lora,prompt --batch-size 16 --max-length 1024 --rounds 4 --steps 20 | tee "$out/overhead-gpu-preset.txt"
+# harness / bare on the same load and options as each run above (median of interleaved rounds; bar: >= 0.97):
+# trainer=gpu's batch, length, fused AdamW and log_every (its bf16 autocast is what trainer.mixed_precision=auto
+# picks on CUDA, printed as autocast=), for every method x compile x checkpointing; QLoRA loads its nf4 base
+# through bench's own prepare(), as the bench run does
+overhead() { "$py" scripts/bench_overhead.py --device cuda --model smollm2-135m-random --task synthetic_lm \
+    --batch-size 16 --max-length 1024 --optimizer-impl fused --log-every 20 --rounds 4 --steps 20 "$@"; }
+if want gpu; then
+    : > "$out/overhead-gpu-preset.txt"
+    for compile in --no-compile --compile; do
+        for ckpt in --no-gradient-checkpointing --gradient-checkpointing; do
+            overhead --methods full,lora,prompt $compile $ckpt | tee -a "$out/overhead-gpu-preset.txt"
+            overhead --methods lora --quantization nf4 --dtype bf16 $compile $ckpt | tee -a "$out/overhead-gpu-preset.txt"
+        done
+    done
+fi
