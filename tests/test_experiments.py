@@ -212,7 +212,6 @@ def test_a_domain_shift_run_records_shift_metrics_end_to_end(compose, tmp_path):
     assert shift["label_map"] == {"entailment": "entailment", "contradiction": "not_entailment",
                                   "neutral": "not_entailment"}
     assert sum(b["rows"] for b in shift["by_label"].values()) == 24
-    assert 0.0 <= shift["metrics"]["accuracy"] <= 1.0
     run_dir = tmp_path / "results" / "domain-shift" / result["run"]
     saved = json.loads(gzip.decompress((run_dir / shift["predictions"]).read_bytes()))
     assert len(saved["references"]) == 24 and set(saved["references"]) <= {0, 1}  # RTE's labels, mapped

@@ -7,7 +7,7 @@ import math
 
 from bench.report.experiments import Plot, Point, Series
 from bench.report.fmt import fmt_interval, fmt_metric
-from bench.report.svg import B, H, L, R, T, W, empty_svg, esc, method_colors, nice_ticks
+from bench.report.svg import B, H, L, R, T, W, empty_svg, esc, method_colors, nice_ticks, tick_values
 
 LEGEND_ROW = 16   # px per legend line under the x-axis title
 
@@ -81,12 +81,9 @@ def line_plot(plot: Plot) -> str:
 
     out = [f'<svg data-plot="{esc(plot.id)}" data-expected="{len(pts)}" width="{W}" height="{height}" '
            f'viewBox="0 0 {W} {height}" role="img" aria-label="{esc(plot.y_title)} vs {esc(plot.x_title)}">']
-    k = 0
-    while y0 + k * step <= y1 + step * 1e-6:
-        v = y0 + k * step
+    for v in tick_values(y0, y1, step):
         out.append(f'<line class="grid" x1="{L}" y1="{_f(sy(v))}" x2="{W - R}" y2="{_f(sy(v))}"/>')
         out.append(f'<text x="{L - 6}" y="{_f(sy(v) + 4)}" text-anchor="end">{v:.{decimals}f}</text>')
-        k += 1
     ticks = xs if len(xs) <= 8 else [10.0 ** d for d in range(math.ceil(lo), math.floor(hi) + 1)]
     for x in ticks:
         out.append(f'<line class="grid" x1="{_f(sx(x))}" y1="{T}" x2="{_f(sx(x))}" y2="{H - B}"/>')
@@ -149,12 +146,9 @@ def dumbbell(plot: Plot) -> str:
 
     out = [f'<svg data-plot="{esc(plot.id)}" data-expected="{2 * len(rows)}" width="{W}" height="{height}" '
            f'viewBox="0 0 {W} {height}" role="img" aria-label="{esc(plot.title)}">']
-    k = 0
-    while x0 + k * step <= x1 + step * 1e-6:
-        v = x0 + k * step
+    for v in tick_values(x0, x1, step):
         out.append(f'<line class="grid" x1="{_f(sx(v))}" y1="{T}" x2="{_f(sx(v))}" y2="{T + ph}"/>')
         out.append(f'<text x="{_f(sx(v))}" y="{T + ph + 16}" text-anchor="middle">{v:.{decimals}f}</text>')
-        k += 1
     out.append(f'<line class="axis" x1="{label_w}" y1="{T + ph}" x2="{W - R}" y2="{T + ph}"/>')
     out.append(f'<text x="{(label_w + W - R) / 2:.1f}" y="{T + ph + 34}" text-anchor="middle">'
                f"{esc(plot.x_title)}</text>")

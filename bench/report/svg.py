@@ -41,6 +41,15 @@ def _si(v: float) -> str:
     return f"{v:g}"
 
 
+def tick_values(lo: float, hi: float, step: float) -> list[float]:
+    """lo, lo + step, ... up to hi (nice_ticks' scale; a rounding error short of hi still counts)."""
+    values, k = [], 0
+    while lo + k * step <= hi + step * 1e-6:
+        values.append(lo + k * step)
+        k += 1
+    return values
+
+
 def nice_ticks(lo: float, hi: float, count: int = 5) -> tuple[float, float, float]:
     """Round axis limits and a 1/2/2.5/5 x 10^k step covering [lo, hi]."""
     raw = (hi - lo) / count
@@ -104,12 +113,9 @@ def scatter(section: Section, plot: str, cost_key: str, pareto: str, x_title: st
 
     out = [f'<svg data-plot="{esc(plot)}" data-expected="{len(pts)}" width="{W}" height="{H}" '
            f'viewBox="0 0 {W} {H}" role="img" aria-label="{esc(section.primary)} vs {esc(x_title)}">']
-    k = 0
-    while y0 + k * step <= y1 + step * 1e-6:  # grid and axes
-        v = y0 + k * step
+    for v in tick_values(y0, y1, step):  # grid and axes
         out.append(f'<line class="grid" x1="{L}" y1="{_f(sy(v))}" x2="{W - R}" y2="{_f(sy(v))}"/>')
         out.append(f'<text x="{L - 6}" y="{_f(sy(v) + 4)}" text-anchor="end">{v:.{decimals}f}</text>')
-        k += 1
     for d in range(lo, hi + 1):
         x = sx(10.0 ** d)
         out.append(f'<line class="grid" x1="{_f(x)}" y1="{T}" x2="{_f(x)}" y2="{H - B}"/>')
