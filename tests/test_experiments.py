@@ -144,6 +144,26 @@ def test_hard_vs_soft_plot_data_from_result_files(tmp_path):
     assert rows[(ex.HARD, "4-shot")][4] == "no"
 
 
+def test_identical_seeds_and_the_fixed_rows_are_said_not_drawn_as_certainty(tmp_path):
+    """A zero-shot prompt gives every seed the same value: its interval cell says so instead of [x, x]; the note
+    under each plot gives the rows every seed was scored on and their example-level half-width (400 rows at 0.5:
+    1.96 * sqrt(0.25 / 400) = 0.049) and the majority class's score there."""
+    extra = {"eval_split": "validation", "data": {"splits": {"validation": 400}},
+             "baselines": {"majority": {"metrics": {"accuracy": 0.51}, "prediction": 1}}}
+    for seed in (0, 1, 2):
+        _write(tmp_path, f"h0-{seed}", experiment="hard_vs_soft", method="hard_prompt", trainable=0, seed=seed,
+               value=0.61, method_cfg={"shots": 0}, extra=extra,
+               throughput={"eval_tokens": 8_000, "eval_samples": 400, "virtual_positions": 0, "train_tokens": 0})
+    runs, _ = load_runs(tmp_path)
+    (plot,) = ex.hard_vs_soft_plots(runs)
+    (point,) = plot.series[0].points
+    assert point.interval == pytest.approx((0.61, 0.61)) and ex.ci_text(point) == "none: 3 seeds identical"
+    assert "sst2 validation: 400 rows, majority class 0.5100, example-level 95 % half-width at 0.5: ±0.049" \
+        in plot.note
+    (section,) = ex.experiment_sections(runs)
+    assert ("p", plot.note) in section.parts[0][1]
+
+
 def test_experiment_sections_render_only_when_their_runs_exist(tmp_path):
     from bench.report.build import build_report
 

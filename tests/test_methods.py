@@ -309,9 +309,6 @@ def test_wrong_peft_settings_fail_in_check_naming_the_key():
     with pytest.raises(ConfigError, match=r"method\.init"):
         _method(name="x", lr=1e-3, peft={"_target_": "peft.LoraConfig"}, init={"mode": "vocab"}) \
             .check("encoder", "classification")
-    with pytest.raises(ConfigError, match="multiple-choice"):
-        _method(name="p", lr=1e-3, peft={"_target_": "peft.PromptTuningConfig", "num_virtual_tokens": 4}) \
-            .check("encoder", "multiple_choice")
 
 
 @pytest.mark.parametrize("mode", ["text", "labels"])
@@ -360,6 +357,34 @@ def test_apply_method_wrapper_matches_get_and_apply(compose):
     two = methods.get(cfg.method).apply(model, _context(cfg, tokenizer))
     a, b = one.model.prompt_encoder["default"].embedding.weight, two.model.prompt_encoder["default"].embedding.weight
     assert torch.equal(a, b) and one.virtual_positions == two.virtual_positions == 6
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_soft_prompts_on_encoder_multiple_choice_prepend_to_every_choice_pair(compose, method):
+    """An encoder scores a flat batch of (context, choice) pairs, so a soft prompt or prefix is prepended to every
+    pair: each pair's score in the padded batch equals the pair scored alone."""
+    from bench import shapes, tasks
+
+    cfg = compose("task=copa", f"method={method}", "trainer.train_samples=8")
+    shape = shapes.get(cfg.task.shape)
+    methods.get(cfg.method).check("encoder", "multiple_choice")
+    tokenizer = _tokenizer(cfg)
+    torch.manual_seed(0)
+    model = models.load_model(cfg.model, cfg.task, tokenizer, cfg.paths.cache_dir)
+    model = methods.get(cfg.method).apply(model, _context(cfg, tokenizer)).model.eval()
+    pipeline = shape.pipeline(cfg.task, "encoder", tokenizer, cfg.trainer.max_length, "")
+    ds = pipeline.tokenize(tasks.load_task(cfg.task, cfg.paths.data_dir, cfg.trainer).train.select(range(3)))
+    batch = pipeline.train_collate([ds[i] for i in range(3)])
+    with torch.no_grad():
+        scores = [float(model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types])).logits)
+                  for r in ds for ids, types in zip(r["choice_input_ids"], r["choice_token_type_ids"])]
+        preds, _ = pipeline.predict(model, {k: v for k, v in batch.items() if k != "labels"})
+        loss = pipeline.loss(model, batch)
+        bare = pipeline.loss(model.base_model, batch)  # the virtual tokens are read: without them the loss moves
+    alone = torch.tensor(scores).view(3, 2)
+    assert abs(float(bare) - float(loss)) > 1e-4
+    assert batch["input_ids"].shape[0] == 6 and preds == alone.argmax(dim=1).tolist()
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(alone, batch["labels"]), atol=1e-5)
 
 
 @pytest.mark.parametrize("task", ["copa", "sst2"])  # loss outside the model (encoder multiple choice) / inside

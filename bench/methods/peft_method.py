@@ -152,9 +152,6 @@ class PeftMethod(Method):
     def check(self, model_kind: str, shape: str) -> None:
         init = self.cfg.get("init")
         soft_prompt_init.check(init, self.peft_type)
-        if self.prompt_learning and model_kind == "encoder" and shape == "multiple_choice":
-            raise ConfigError(f"method: {self.name} ({self.peft_type}) prepends to one sequence per row; an encoder "
-                              "multiple-choice model reads several (one per choice); use a LoRA-like method")
         if self.cfg.peft.get("num_virtual_tokens", 1) is None and (init is None or init.get("mode") != "text"):
             raise ConfigError("method.peft.num_virtual_tokens: null needs method.init.mode=text")
         # build the PEFT config now: a wrong nested key fails here, before any data or model loads

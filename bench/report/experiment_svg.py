@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from bench.report.experiments import Plot, Point, Series
-from bench.report.fmt import fmt_interval, fmt_metric
+from bench.report.experiments import Plot, Point, Series, ci_text
+from bench.report.fmt import fmt_metric
 from bench.report.svg import B, H, L, R, T, W, empty_svg, esc, method_colors, nice_ticks, tick_values
 
 LEGEND_ROW = 16   # px per legend line under the x-axis title
@@ -30,8 +30,7 @@ def _tick(v: float) -> str:
 
 
 def _tooltip(plot: Plot, s: Series, p: Point) -> str:
-    interval = fmt_interval(p.interval) if p.interval else "n/a"
-    return "\n".join([f"{s.name}: {p.label}", f"{plot.y_title} {fmt_metric(p.mean)}, 95% CI over seeds {interval} "
+    return "\n".join([f"{s.name}: {p.label}", f"{plot.y_title} {fmt_metric(p.mean)}, 95% CI over seeds {ci_text(p)} "
                       f"(n={p.n})", f"{plot.x_title}: {plot.x_format(p.x)}"] + (["no training"] if p.hollow else []))
 
 
@@ -166,7 +165,7 @@ def dumbbell(plot: Plot) -> str:
                        f'data-method="{esc(s.name)}" cx="{_f(sx(p.mean))}" cy="{_f(y)}" r="5" '
                        f'fill="{"#fff" if p.hollow else color}" stroke="{color}">'
                        f"<title>{esc(s.name)}: {esc(p.label)} {fmt_metric(p.mean)}, 95% CI over seeds "
-                       f"{esc(fmt_interval(p.interval) if p.interval else 'n/a')} (n={p.n})</title></circle>")
+                       f"{esc(ci_text(p))} (n={p.n})</title></circle>")
     out.append(f'<text x="{L}" y="{_f(height - 6)}">filled: {esc(rows[0].points[0].label)}; hollow: '
                f"{esc(rows[0].points[1].label)}</text>")
     out.append("</svg>")

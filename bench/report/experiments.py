@@ -51,6 +51,7 @@ class Plot:
     kind: str = "lines"                      # lines | dumbbell (domain shift: one row per method, in vs out)
     key: tuple = ()                          # what the plot is of, e.g. (task, model, primary metric)
     x_labels: dict = field(default_factory=dict)  # x -> a second tick line (scale: the model at that size)
+    note: str = ""                           # what the intervals leave out (evaluation_note)
 
 
 @dataclass
@@ -91,8 +92,38 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def _ci(p: Point) -> str:
+def ci_text(p: Point) -> str:
+    """The seed interval as a cell; a zero-width one (every seed gave the same value, e.g. a zero-shot prompt) says
+    so rather than print a point interval that reads as certainty."""
+    if p.interval and p.n > 1 and len(set(p.values)) == 1:
+        return f"none: {p.n} seeds identical"
     return fmt_interval(p.interval) if p.interval else ("n/a" if p.n == 1 else DASH)
+
+
+
+def evaluation_note(runs: list[Run]) -> str:
+    """What the seed intervals leave out: every seed is scored on the same rows, so the rows' own sampling error
+    is not in them. Says how many rows (and the majority class's score there, the floor a run must clear) and, for
+    accuracy, the example-level 95 % half-width at 0.5 (binomial), so a reader can weigh a gap."""
+    def rows_of(r: Run) -> Any:
+        return dig(r.data, "data", "splits", text(r.data.get("eval_split")) or "validation")
+
+    parts = []
+    for (task, split, primary), members in _by(runs, lambda r: (r.task, text(r.data.get("eval_split")) or
+                                                                "validation", r.primary)).items():
+        rows = sorted({int(n) for n in (num(rows_of(r)) for r in members) if n})
+        if not rows:
+            continue
+        majority = _mean([num(dig(r.majority or {}, "metrics", primary)) for r in members])
+        said = f"{task} {split}: {' / '.join(f'{n:,}' for n in rows)} rows"
+        said += f", majority class {fmt_metric(majority)}" if majority is not None else ""
+        if primary == "accuracy":
+            said += f", example-level 95 % half-width at 0.5: ±{1.96 * (0.25 / rows[0]) ** 0.5:.3f}"
+        parts.append(said)
+    if not parts:
+        return ""
+    return ("Intervals are over seeds, each seed scored on the same rows, so they leave out the rows' own sampling "
+            "error (" + "; ".join(parts) + ").")
 
 
 # ---------------------------------------------------------------------------- scale
@@ -126,12 +157,13 @@ def scale_plots(runs: list[Run]) -> list[Plot]:
                 names.setdefault(p.x, set()).add(p.label)
             plots.append(Plot(f"experiment-scale-{len(plots)}", f"{task}: {primary} vs base model parameters",
                               "base model parameters", primary, series, key=(task, primary),
-                              x_labels={x: ", ".join(sorted(v)) for x, v in names.items()}))
+                              x_labels={x: ", ".join(sorted(v)) for x, v in names.items()},
+                              note=evaluation_note(members)))
     return plots
 
 
 def scale_table(plot: Plot) -> Table:
-    rows = [cells(s.name, p.label, fmt_count(p.x), fmt_metric(p.mean), _ci(p), str(p.n))
+    rows = [cells(s.name, p.label, fmt_count(p.x), fmt_metric(p.mean), ci_text(p), str(p.n))
             for s in plot.series for p in s.points]
     return Table(["method", "model (kind)", "base parameters", f"{plot.y_title} (mean)", "95% CI (seeds)", "n"],
                  rows, {2, 3, 5})
@@ -162,12 +194,13 @@ def prompt_length_plots(runs: list[Run]) -> list[Plot]:
                 series.append(Series(mode, sorted(points, key=lambda p: p.x)))
         if series:
             plots.append(Plot(f"experiment-prompt-length-{len(plots)}", f"{task} · {model}: {primary} vs prompt "
-                              "length", "virtual tokens", primary, series, lambda v: f"{v:g}"))
+                              "length", "virtual tokens", primary, series, lambda v: f"{v:g}",
+                              note=evaluation_note(members)))
     return plots
 
 
 def prompt_length_table(plot: Plot) -> Table:
-    rows = [cells(s.name, f"{p.x:g}", fmt_metric(p.mean), _ci(p), str(p.n)) for s in plot.series for p in s.points]
+    rows = [cells(s.name, f"{p.x:g}", fmt_metric(p.mean), ci_text(p), str(p.n)) for s in plot.series for p in s.points]
     return Table(["initialisation", "virtual tokens", f"{plot.y_title} (mean)", "95% CI (seeds)", "n"], rows,
                  {1, 2, 4})
 
@@ -219,7 +252,7 @@ def hard_vs_soft_plots(runs: list[Run]) -> list[Plot]:
         if series:
             plots.append(Plot(f"experiment-hard-vs-soft-{len(plots)}", f"{task} · {model}: {primary} vs tokens "
                               "processed per prediction", "tokens per prediction", primary, series,
-                              lambda v: f"{v:,.0f}", key=(task, model, primary)))
+                              lambda v: f"{v:,.0f}", key=(task, model, primary), note=evaluation_note(members)))
     return plots
 
 
@@ -232,7 +265,7 @@ def hard_vs_soft_table(plot: Plot, runs: list[Run]) -> Table:
             rows.append(cells(s.name, p.label, f"{p.x:,.1f}", f"{virtual or 0:g}", "no" if p.hollow else "yes",
                               fmt_count(_mean([r.get("throughput", "train_tokens") for r in of_point])),
                               fmt_seconds(_mean([r.get("time", "train_s") for r in of_point])),
-                              fmt_metric(p.mean), _ci(p), str(p.n)))
+                              fmt_metric(p.mean), ci_text(p), str(p.n)))
     return Table(["series", "point", "tokens per prediction", "of which virtual", "trained", "train tokens",
                   "train time", f"{plot.y_title} (mean)", "95% CI (seeds)", "n"], rows, {2, 3, 5, 6, 7, 9})
 
@@ -276,8 +309,15 @@ def shift_rows(runs: list[Run]) -> dict[tuple, list[ShiftRow]]:
 def shift_plot(index: int, key: tuple, rows: list[ShiftRow]) -> Plot:
     task, other, model, primary = key
     series = [Series(r.label, [r.in_domain, r.shifted]) for r in rows]
+    in_domain = [r for row in rows for r in row.runs]
+    shifted = sorted({int(n) for n in (num(dig(r.data, "shift", "rows")) for r in in_domain) if n})
+    note = evaluation_note(in_domain)
+    if note and shifted:
+        half = (f", example-level 95 % half-width at 0.5: ±{1.96 * (0.25 / shifted[0]) ** 0.5:.3f}"
+                if primary == "accuracy" else "")
+        note = note[:-2] + f"; {other} validation, shifted: {' / '.join(f'{n:,}' for n in shifted)} rows{half})."
     return Plot(f"experiment-domain-shift-{index}", f"{task} → {other} · {model}: {primary} in and out of domain",
-                primary, primary, series, fmt_metric, log_x=False, kind="dumbbell")
+                primary, primary, series, fmt_metric, log_x=False, kind="dumbbell", note=note)
 
 
 def shift_table(key: tuple, rows: list[ShiftRow]) -> Table:
@@ -290,8 +330,8 @@ def shift_table(key: tuple, rows: list[ShiftRow]) -> Table:
                 if isinstance(block, dict) and num(block.get("accuracy")) is not None:
                     labels.setdefault(text(name), []).append(block["accuracy"])
         by_label = ", ".join(f"{name} {fmt_metric(statistics.fmean(v))}" for name, v in sorted(labels.items()))
-        table_rows.append(cells(row.label, fmt_metric(row.in_domain.mean), _ci(row.in_domain),
-                                fmt_metric(row.shifted.mean), _ci(row.shifted),
+        table_rows.append(cells(row.label, fmt_metric(row.in_domain.mean), ci_text(row.in_domain),
+                                fmt_metric(row.shifted.mean), ci_text(row.shifted),
                                 fmt_signed(row.shifted.mean - row.in_domain.mean), fmt_metric(row.majority),
                                 by_label or DASH, str(row.in_domain.n)))
     return Table(["method", f"{task} {primary} (in-domain)", "95% CI (seeds)", f"{other} {primary} (shifted)",
@@ -337,14 +377,14 @@ def experiment_sections(runs: list[Run]) -> list:
     for name, (make, table) in plots.items():
         made = make(runs)
         if made:
-            parts = [(p, [("h3", p.title), ("table", table(p))]) for p in made]
+            parts = [(p, [("h3", p.title), ("table", table(p))] + ([("p", p.note)] if p.note else [])) for p in made]
             sections.append(ExperimentSection(name, *TITLES[name], parts))
     shifted = shift_rows(runs)
     if shifted:
         parts = []
         for i, (key, rows) in enumerate(shifted.items()):
             plot = shift_plot(i, key, rows)
-            blocks = [("h3", plot.title), ("table", shift_table(key, rows))]
+            blocks = [("h3", plot.title), ("table", shift_table(key, rows))] + ([("p", plot.note)] if plot.note else [])
             mapping = _label_map_text(rows)
             blocks += [("p", f"Label map ({key[1]} → {key[0]}): {mapping}.")] if mapping else []
             parts.append((plot, blocks))
