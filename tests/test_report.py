@@ -259,27 +259,22 @@ def _plots(page: str) -> dict:
 
 
 def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           f"--user-data-dir={tmp / 'profile'}", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--disable-extensions", "--disable-default-apps",
-           "--hide-scrollbars", "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing could resolve anyway
-           *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return _check_module().chromium(CHROMIUM, tmp / "profile", *args)
 
 
 def _page_requests(net_log: Path) -> list[str]:
-    """URLs of requests made on behalf of a file:// page, from a Chromium net log. Chromium's own
-    background requests (updates, accounts) carry no file:// isolation key and are not the page's."""
-    log = json.loads(net_log.read_text(encoding="utf-8"))
-    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    urls = []
-    for event in log["events"]:
-        params = event.get("params") or {}
-        if event.get("type") == start_job and "url" in params:
-            owner = f"{params.get('network_isolation_key', '')} {params.get('site_for_cookies', '')}"
-            if "file://" in owner:
-                urls.append(params["url"])
-    return urls
+    return _check_module().page_requests(net_log)
+
+
+def _check_module():
+    """scripts/check_report_in_chromium.py: the Chromium command line and the net-log reading live there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_report_in_chromium",
+                                                  ROOT / "scripts" / "check_report_in_chromium.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _png_size_and_variety(path: Path) -> tuple[int, int, int]:
