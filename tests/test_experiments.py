@@ -162,6 +162,9 @@ def test_identical_seeds_and_the_fixed_rows_are_said_not_drawn_as_certainty(tmp_
         in plot.note
     (section,) = ex.experiment_sections(runs)
     assert ("p", plot.note) in section.parts[0][1]
+    from bench.report.experiment_svg import experiment_svg
+
+    assert plot.baseline == pytest.approx(0.51) and "majority class 0.5100</text>" in experiment_svg(plot)
 
 
 def test_experiment_sections_render_only_when_their_runs_exist(tmp_path):
@@ -181,6 +184,7 @@ def test_experiment_sections_render_only_when_their_runs_exist(tmp_path):
     md, page = built["markdown"].read_text(), built["html"].read_text()
     assert "## Experiment: scale" in md and "(index.html#experiment-scale-0)" in md
     assert "| lora | smollm2-135m (decoder) | 135,000,000 | 0.8300 |" in md
+    assert '<li><a href="#experiment-scale">Experiment: scale</a></li>' in page  # in the page's contents
     assert 'id="experiment-scale"' in page and 'data-plot="experiment-scale-0" data-expected="2"' in page
     assert page.count('data-point="line"') == 2 and "<polyline" in page
 

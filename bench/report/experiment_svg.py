@@ -72,7 +72,7 @@ def line_plot(plot: Plot) -> str:
         return L + (math.log10(x) - lo + margin) / (hi - lo + 2 * margin) * pw
 
     spread = [p.mean for _, p in pts] + [v for _, p in pts if p.interval for v in p.interval]
-    y0, y1, step = _y_scale(spread)
+    y0, y1, step = _y_scale(spread + ([plot.baseline] if plot.baseline is not None else []))
     decimals = _decimals(step)
 
     def sy(v: float) -> float:
@@ -99,6 +99,11 @@ def line_plot(plot: Plot) -> str:
                "(log scale)</text>")
     out.append(f'<text x="14" y="{T + ph / 2:.1f}" text-anchor="middle" '
                f'transform="rotate(-90 14 {T + ph / 2:.1f})">{esc(plot.y_title)}</text>')
+    if plot.baseline is not None:  # the floor: what always answering the majority class scores on these rows
+        out.append(f'<line class="baseline" x1="{L}" y1="{_f(sy(plot.baseline))}" x2="{W - R}" '
+                   f'y2="{_f(sy(plot.baseline))}" stroke="#777" stroke-dasharray="5 4"/>')
+        out.append(f'<text x="{W - R - 4}" y="{_f(sy(plot.baseline) - 5)}" text-anchor="end" fill="#555">majority '
+                   f"class {fmt_metric(plot.baseline)}</text>")
     label_points = len(pts) <= 12 and not plot.x_labels  # (the x labels already say what each point is)
     for s in plot.series:
         color, shown = colors[s.name], [p for p in s.points if p.x > 0]

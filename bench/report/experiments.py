@@ -52,6 +52,7 @@ class Plot:
     key: tuple = ()                          # what the plot is of, e.g. (task, model, primary metric)
     x_labels: dict = field(default_factory=dict)  # x -> a second tick line (scale: the model at that size)
     note: str = ""                           # what the intervals leave out (evaluation_note)
+    baseline: float | None = None            # the majority class's metric on the evaluated rows (a dashed line)
 
 
 @dataclass
@@ -101,6 +102,12 @@ def ci_text(p: Point) -> str:
 
 
 
+def majority_value(runs: list[Run]) -> float | None:
+    """The majority-class baseline's primary metric on the runs' evaluated rows (mean over runs: the same rows
+    give the same value), the floor a trained run has to clear."""
+    return _mean([num(dig(r.majority or {}, "metrics", r.primary)) for r in runs])
+
+
 def evaluation_note(runs: list[Run]) -> str:
     """What the seed intervals leave out: every seed is scored on the same rows, so the rows' own sampling error
     is not in them. Says how many rows (and the majority class's score there, the floor a run must clear) and, for
@@ -114,7 +121,7 @@ def evaluation_note(runs: list[Run]) -> str:
         rows = sorted({int(n) for n in (num(rows_of(r)) for r in members) if n})
         if not rows:
             continue
-        majority = _mean([num(dig(r.majority or {}, "metrics", primary)) for r in members])
+        majority = majority_value(members)
         said = f"{task} {split}: {' / '.join(f'{n:,}' for n in rows)} rows"
         said += f", majority class {fmt_metric(majority)}" if majority is not None else ""
         if primary == "accuracy":
@@ -158,7 +165,7 @@ def scale_plots(runs: list[Run]) -> list[Plot]:
             plots.append(Plot(f"experiment-scale-{len(plots)}", f"{task}: {primary} vs base model parameters",
                               "base model parameters", primary, series, key=(task, primary),
                               x_labels={x: ", ".join(sorted(v)) for x, v in names.items()},
-                              note=evaluation_note(members)))
+                              note=evaluation_note(members), baseline=majority_value(members)))
     return plots
 
 
@@ -195,7 +202,7 @@ def prompt_length_plots(runs: list[Run]) -> list[Plot]:
         if series:
             plots.append(Plot(f"experiment-prompt-length-{len(plots)}", f"{task} · {model}: {primary} vs prompt "
                               "length", "virtual tokens", primary, series, lambda v: f"{v:g}",
-                              note=evaluation_note(members)))
+                              note=evaluation_note(members), baseline=majority_value(members)))
     return plots
 
 
@@ -252,7 +259,8 @@ def hard_vs_soft_plots(runs: list[Run]) -> list[Plot]:
         if series:
             plots.append(Plot(f"experiment-hard-vs-soft-{len(plots)}", f"{task} · {model}: {primary} vs tokens "
                               "processed per prediction", "tokens per prediction", primary, series,
-                              lambda v: f"{v:,.0f}", key=(task, model, primary), note=evaluation_note(members)))
+                              lambda v: f"{v:,.0f}", key=(task, model, primary), note=evaluation_note(members),
+                              baseline=majority_value(members)))
     return plots
 
 

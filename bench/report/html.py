@@ -172,6 +172,8 @@ def render_html(report: Report) -> str:
                    "method below a table to fade it in the plots.</p>")
         out.append("<nav><ul>" + "".join(f'<li><a href="#task-{i}">{esc(s.task)}: {esc(s.primary)}</a></li>'
                                          for i, s in enumerate(report.sections))
+                   + "".join(f'<li><a href="#experiment-{esc(e.name)}">{esc(e.title)}</a></li>'
+                             for e in report.experiments)
                    + (f'<li><a href="#serving">{esc(SERVING_TITLE)}</a></li>' if report.serving else "")
                    + "</ul></nav>")
     else:
