@@ -3,6 +3,7 @@ tiny BERT soft prompts (3 seeds, each on its own random base; 2 prompts of one s
 import json
 
 import numpy as np
+import pytest
 
 from bench.report.build import build_report
 from bench.run import execute
@@ -50,6 +51,13 @@ def test_the_ensemble_command_writes_its_figures_and_the_report_shows_them(compo
         block = data["ensemble"][how]
         lo, hi = block["interval"]
         assert 0 <= lo <= block["metric"] <= hi <= 1 and block["metrics"]["accuracy"] == block["metric"]
+        # minus each single prompt, paired on the same rows: the difference of the two accuracies, per prompt
+        gains = block["minus_single_prompts"]
+        assert [d["seed"] for d in gains["per_prompt"]] == [0, 1, 2]
+        for d, p in zip(gains["per_prompt"], data["prompts"]):
+            assert d["diff"] == pytest.approx(block["metric"] - p["served_metric"])
+            assert d["interval"][0] <= d["diff"] <= d["interval"][1]
+        assert gains["mean_diff"] == pytest.approx(block["metric"] - data["single_prompts"]["mean"])
     assert data["full_finetuning"]["n"] == 1 and data["full_finetuning"]["mean"] == full["metrics"]["accuracy"]
     cost = data["cost"]
     assert cost["bases"] == 3  # tiny models: random weights from each seed, so one base per seed
@@ -60,6 +68,8 @@ def test_the_ensemble_command_writes_its_figures_and_the_report_shows_them(compo
     report = build_report(folder, tmp_path / "report")["markdown"].read_text()
     assert "### serve-ensemble-prompt-sst2.json" in report
     assert "| ensemble: majority vote |" in report and "| full fine-tuning (mean) |" in report
+    assert "#### Ensemble minus each single prompt, paired on the same rows" in report
+    assert report.count("| majority vote | seed ") == 3
 
 
 def test_prompts_on_one_base_run_as_one_batch(compose, tmp_path):

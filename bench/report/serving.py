@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench.report.fmt import (DASH, dicts, dig, fmt_bytes, fmt_count, fmt_fraction, fmt_metric, fmt_ms, fmt_plain,
-                              fmt_rate1, fmt_ratio, fmt_seconds, fmt_yes, num, text)
+                              fmt_interval, fmt_rate1, fmt_ratio, fmt_seconds, fmt_signed, fmt_yes, num,
+                              text)
 from bench.report.model import ServeFile, Table, cells
 
 SERVING_TITLE = "Serving: one base, many adapters"
@@ -179,6 +180,17 @@ def ensemble_blocks(item: ServeFile) -> list[tuple[str, Any]]:
             rows.append(cells(label, DASH, DASH, "no finished run of the task in this folder"))
     blocks += [("h4", "Ensemble vs single prompts vs full fine-tuning"),
                ("table", Table(["predictor", primary, "95% CI", "interval over"], rows, {1}))]
+    gain_rows = [cells(how, f"seed {text(d.get('seed')) or DASH}", fmt_signed(num(d.get("diff"))),
+                       fmt_interval(tuple(d["interval"]), signed=True) if isinstance(d.get("interval"), list)
+                       and len(d["interval"]) == 2 else DASH)
+                 for how, key in (("majority vote", "majority_vote"), ("mean probability", "mean_probability"))
+                 for d in dicts(dig(data, "ensemble", key, "minus_single_prompts", "per_prompt"))]
+    if gain_rows:
+        blocks += [("h4", "Ensemble minus each single prompt, paired on the same rows"),
+                   ("table", Table(["ensemble", "single prompt", f"{primary} difference", "95% CI (examples)"],
+                                   gain_rows, {2})),
+                   ("p", "One ensemble of these seeds: its members are the seeds, so the gain has no seed-level "
+                         "replicate; each interval is a paired bootstrap over the rows.")]
     one = cost.get("ensemble_one_batch") if isinstance(cost.get("ensemble_one_batch"), dict) else None
     single_bytes, full_bytes = num(cost.get("adapter_bytes_mean")), num(cost.get("full_checkpoint_bytes"))
     cost_rows = [cells(f"stored bytes ({n} adapters vs 1 full checkpoint)", fmt_bytes(num(cost.get("adapters_bytes"))),

@@ -164,7 +164,7 @@ def ensemble_eval(results_dir, task: str, method: str = "prompt", full_method: s
     import torch
 
     from bench import evaluation, record, tasks
-    from bench.report.stats import metric_interval
+    from bench.report.stats import metric_interval, paired_difference
     from bench.serve.group import recorded_predictions
     from bench.serve.mixed import split_of
     from bench.serve.runs import adapter_methods, groups, scan, select
@@ -228,6 +228,23 @@ def ensemble_eval(results_dir, task: str, method: str = "prompt", full_method: s
     stacked = np.stack([probabilities[s.name] for s in runs])
     voted, averaged, ties = vote(stacked)
 
+    def gains(preds) -> dict:
+        """The combined predictions minus each single prompt's, paired on the same rows (bootstrap over examples).
+        One ensemble of these seeds: the seeds are its members, so there is no seed-level replicate of the gain."""
+        per = []
+        for s in runs:
+            single = probabilities[s.name].argmax(axis=-1).tolist()
+            try:
+                diff, interval = paired_difference(primary, refs, [int(p) for p in preds], single, args)
+            except ValueError:
+                continue
+            per.append({"run": s.folder.name, "seed": s.cfg.seed, "diff": diff, "interval": list(interval)})
+        above = sum(d["interval"][0] > 0 for d in per)
+        below = sum(d["interval"][1] < 0 for d in per)
+        return {"per_prompt": per, "mean_diff": statistics.fmean(d["diff"] for d in per) if per else None,
+                "intervals_above_zero": above, "intervals_below_zero": below,
+                "interval_over": "examples, paired (percentile bootstrap, 2000 resamples, seed 0)"}
+
     one_batch = served[0]["one_batch"] if len(served) == 1 else None
     one_batch_why = served[0]["one_batch_skipped"] if len(served) == 1 else (
         f"the prompts need {len(served)} bases (runs.group_key: a tiny model's weights are random from each seed)")
@@ -251,7 +268,9 @@ def ensemble_eval(results_dir, task: str, method: str = "prompt", full_method: s
         "results_dir": str(results_dir), "created": datetime.now(timezone.utc).isoformat(),
         "prompts": prompts, "skipped_runs": skipped + refused,
         "single_prompts": _seed_summary([p["served_metric"] for p in prompts]),
-        "ensemble": {"majority_vote": scored(voted), "mean_probability": scored(averaged), "tied_votes": ties},
+        "ensemble": {"majority_vote": {**scored(voted), "minus_single_prompts": gains(voted)},
+                     "mean_probability": {**scored(averaged), "minus_single_prompts": gains(averaged)},
+                     "tied_votes": ties},
         "full_finetuning": {"method": full_method, "runs": [r.get("run") for r in full_runs],
                             **_seed_summary([r["metrics"][primary] for r in full_runs])} if full_runs else None,
         "cost": {
@@ -293,6 +312,10 @@ def format_table(result: dict) -> str:
              f"{result['primary_metric']}: single prompts {figure(result['single_prompts'])} (over seeds); "
              f"majority vote {figure(e['majority_vote'])}, mean probability {figure(e['mean_probability'])} "
              f"(over examples); full fine-tuning {figure(result['full_finetuning'])}",
+             *[f"{how.replace('_', ' ')} minus each single prompt (paired over examples): "
+               + ", ".join(f"seed {d['seed']} {d['diff']:+.4f} [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}]"
+                           for d in e[how]["minus_single_prompts"]["per_prompt"])
+               for how in ("majority_vote", "mean_probability") if e[how].get("minus_single_prompts")],
              f"samples/s: one prompt {c['single_prompt_samples_per_s_mean']:.1f}, ensemble in N passes "
              f"{c['ensemble_n_passes_samples_per_s']:.1f}"
              + (f", in one batch {c['ensemble_one_batch']['samples_per_s']:.1f}" if c["ensemble_one_batch"]
