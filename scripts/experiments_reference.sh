@@ -2,7 +2,7 @@
 # The soft-prompt experiments on the shipped models at CPU budgets (results/reference/experiments-cpu/):
 #   - scale: conf/experiment/scale.yaml as it is (MiniLM and SmolLM2-135M x full / LoRA / prompt x seeds 0-2);
 #   - domain_shift: conf/experiment/domain_shift.yaml as it is (MiniLM, RTE -> CB, 4 methods x seeds 0-2);
-#   - prompt_length: lengths 1, 5, 20, 100 x the 4 initialisations x seeds 0, 1 (the file's grid has 5 lengths x
+#   - prompt_length: lengths 1, 5, 20, 50 x the 4 initialisations x seeds 0, 1 (the file's grid has 5 lengths x
 #     3 seeds), 500 validation rows;
 #   - hard_vs_soft: the file's 7 points x seeds 0, 1, 200 validation rows;
 #   - a prompt ensemble: MiniLM on SST-2, full fine-tuning and soft prompts x seeds 0-2 at 200 steps of 32 (the
@@ -23,7 +23,7 @@ for part in $PARTS; do
   case $part in
     scale) "$BENCH" -m experiment=scale "${common[@]}" ;;
     domain_shift) "$BENCH" -m experiment=domain_shift "${common[@]}" ;;
-    prompt_length) "$BENCH" -m experiment=prompt_length method.peft.num_virtual_tokens=1,5,20,100 seed=0,1 \
+    prompt_length) "$BENCH" -m experiment=prompt_length method.peft.num_virtual_tokens=1,5,20,50 seed=0,1 \
         trainer.eval_samples=500 "${common[@]}" ;;
     hard_vs_soft) "$BENCH" -m experiment=hard_vs_soft seed=0,1 trainer.eval_samples=200 "${common[@]}" ;;
     ensemble)

@@ -11,6 +11,7 @@ from bench.report import stats
 from bench.report.fmt import (DASH, command_text, fmt_bytes, fmt_count, fmt_interval, fmt_metric, fmt_pct,
                               fmt_plain, fmt_rate, fmt_seconds, fmt_signed, num, one_line, text)
 from bench.report.model import Cell, Conditions, Group, Run, Section, Table, Unreadable, cells
+from bench.report.samples import sample_blocks
 from bench.report.soft_prompts import soft_prompt_blocks
 from bench.report.stability import stability_blocks
 
@@ -283,7 +284,7 @@ def section_blocks(section: Section) -> list[Block]:
     selection = selection_table(section)
     if selection is not None:
         blocks += [("h3", "How each row was selected"), ("table", selection)]
-    return blocks + stability_blocks(section) + soft_prompt_blocks(section)
+    return blocks + stability_blocks(section) + soft_prompt_blocks(section) + sample_blocks(section)
 
 
 # ---------------------------------------------------------------------------- run lists
