@@ -6,8 +6,9 @@
 #   - E2E NLG (generation): full / LoRA / prefix / prompt / zero-shot hard prompt on SmolLM2-135M,
 #     trainer=quick-generation (400 train rows, 50 steps of 8; 50 validation rows, greedy decoding);
 #   - GSM8K (generation, exact match of the final number): the same five on SmolLM2-135M, the same preset
-#     (544-token cap: nothing truncated) cut to 10 steps of 8 rows: a GSM8K row is ~300 tokens, and a full
-#     fine-tuning step of 8 took ~50 s on one CPU thread, so the preset's 50 steps would be ~40 min a run.
+#     (544-token cap: nothing truncated) cut to 10 steps of 8 rows: a full fine-tuning step of 8 GSM8K rows
+#     (~1,300 tokens) took 16.5 s on one CPU thread and greedy decoding of the 50 rows 3.6 min, so the preset's
+#     50 steps would be ~18 min a run.
 # Usage: bash scripts/shapes_reference.sh [RESULTS_DIR]   (default results/shapes-cpu; a re-run skips finished runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
