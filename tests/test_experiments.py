@@ -263,3 +263,14 @@ def test_identity_ignores_the_experiment_name_and_covers_the_shift(compose):
     assert identity(unshifted) != identity(base)
     # a run without a shift hashes as before the key existed (no `shift: null` in what is hashed)
     assert identity(unshifted) == identity(OmegaConf.masked_copy(unshifted, [k for k in unshifted if k != "shift"]))
+
+
+def test_plots_draw_intervals_inside_a_bounded_metrics_range_and_labels_drop_the_shared_experiment(tmp_path):
+    wide = ex.Point(0.0, 0.49, (-0.53, 1.51), 2, "out-of-domain")
+    bounded = ex.Plot("p", "t", "accuracy", "accuracy", [])
+    assert ex.drawn_interval(bounded, wide) == (0.0, 1.0) and wide.interval == (-0.53, 1.51)  # table keeps it
+    assert ex.drawn_interval(ex.Plot("q", "t", "mcc", "mcc", []), wide) == (-0.53, 1.51)
+    _write(tmp_path, "r", experiment="domain_shift", method="full",
+           extra={"overrides": ["experiment=domain_shift", "method.lr=0.1", "seed=0"]})
+    runs, _ = load_runs(tmp_path)
+    assert runs[0].variant == "experiment=domain_shift,method.lr=0.1" and ex.shown_variant(runs[0]) == "method.lr=0.1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from bench.report.experiments import Plot, Point, Series, ci_text
+from bench.report.experiments import Plot, Point, Series, ci_text, drawn_interval
 from bench.report.fmt import fmt_metric
 from bench.report.svg import B, H, L, R, T, W, empty_svg, esc, method_colors, nice_ticks, tick_values
 
@@ -71,7 +71,7 @@ def line_plot(plot: Plot) -> str:
     def sx(x: float) -> float:
         return L + (math.log10(x) - lo + margin) / (hi - lo + 2 * margin) * pw
 
-    spread = [p.mean for _, p in pts] + [v for _, p in pts if p.interval for v in p.interval]
+    spread = [p.mean for _, p in pts] + [v for _, p in pts if p.interval for v in drawn_interval(plot, p)]
     y0, y1, step = _y_scale(spread + ([plot.baseline] if plot.baseline is not None else []))
     decimals = _decimals(step)
 
@@ -113,8 +113,9 @@ def line_plot(plot: Plot) -> str:
         for p in shown:
             x, y = sx(p.x), sy(p.mean)
             if p.interval:
-                out.append(f'<line class="err" data-method="{esc(s.name)}" x1="{_f(x)}" y1="{_f(sy(p.interval[1]))}" '
-                           f'x2="{_f(x)}" y2="{_f(sy(p.interval[0]))}" stroke="{color}"/>')
+                lo, hi = drawn_interval(plot, p)
+                out.append(f'<line class="err" data-method="{esc(s.name)}" x1="{_f(x)}" y1="{_f(sy(hi))}" '
+                           f'x2="{_f(x)}" y2="{_f(sy(lo))}" stroke="{color}"/>')
             out.append(f'<circle data-point="line" data-group="{esc(s.name)}: {esc(p.label)}" '
                        f'data-method="{esc(s.name)}" cx="{_f(x)}" cy="{_f(y)}" r="5" '
                        f'fill="{"#fff" if p.hollow else color}" stroke="{color}">'
@@ -141,7 +142,7 @@ def dumbbell(plot: Plot) -> str:
     ph = row_h * len(rows)
     height = T + ph + 40 + LEGEND_ROW
     values = [p.mean for s in rows for p in s.points] + [v for s in rows for p in s.points if p.interval
-                                                          for v in p.interval]
+                                                          for v in drawn_interval(plot, p)]
     x0, x1, step = _y_scale(values)
     decimals = _decimals(step)
 
@@ -164,8 +165,9 @@ def dumbbell(plot: Plot) -> str:
                    f'x2="{_f(sx(second.mean))}" y2="{_f(y)}" stroke="#999" stroke-width="1" stroke-dasharray="3 2"/>')
         for p, dy in ((first, -7), (second, 7)):  # each interval on its own line, just above / below the row
             if p.interval:
-                out.append(f'<line class="err" data-method="{esc(s.name)}" x1="{_f(sx(p.interval[0]))}" '
-                           f'y1="{_f(y + dy)}" x2="{_f(sx(p.interval[1]))}" y2="{_f(y + dy)}" stroke="{color}"/>')
+                lo, hi = drawn_interval(plot, p)
+                out.append(f'<line class="err" data-method="{esc(s.name)}" x1="{_f(sx(lo))}" '
+                           f'y1="{_f(y + dy)}" x2="{_f(sx(hi))}" y2="{_f(y + dy)}" stroke="{color}"/>')
             out.append(f'<circle data-point="dumbbell" data-group="{esc(s.name)}: {esc(p.label)}" '
                        f'data-method="{esc(s.name)}" cx="{_f(sx(p.mean))}" cy="{_f(y)}" r="5" '
                        f'fill="{"#fff" if p.hollow else color}" stroke="{color}">'

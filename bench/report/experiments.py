@@ -63,6 +63,23 @@ class ExperimentSection:
     parts: list[tuple[Plot | None, list]]    # per (task, model...): its plot and its blocks (tables, notes)
 
 
+# metrics that cannot leave [0, 1]: a t-interval over 2-3 seeds often does, so plots draw it clipped there
+UNIT_METRICS = {"accuracy", "accuracy_sum", "accuracy_mean", "accuracy_per_token", "acc_norm", "f1", "exact_match",
+                "bleu", "rouge_l"}
+
+
+def drawn_interval(plot: "Plot", p: Point) -> tuple[float, float] | None:
+    """The interval as a plot draws it: clipped to [0, 1] for a metric bounded there (tables keep it whole)."""
+    if p.interval is None or plot.y_title not in UNIT_METRICS:
+        return p.interval
+    return max(0.0, p.interval[0]), min(1.0, p.interval[1])
+
+
+def shown_variant(run: Run) -> str:
+    """The run's variant without the experiment= override every run of the experiment shares."""
+    return ",".join(v for v in run.variant.split(",") if v and not v.startswith("experiment="))
+
+
 def experiment_of(run: Run) -> str:
     return text(dig(run.data, "config", "experiment_name"))
 
@@ -238,7 +255,7 @@ def _arm(run: Run) -> tuple[str, str, float]:
     if run.method == "prompt":
         n = virtual_tokens(run) or 0
         return "soft prompt (trained)", f"{n:g} virtual", n
-    return f"{run.method} (trained)", run.variant or run.method, 0.0
+    return f"{run.method} (trained)", shown_variant(run) or run.method, 0.0
 
 
 def hard_vs_soft_plots(runs: list[Run]) -> list[Plot]:
@@ -301,7 +318,7 @@ def shift_rows(runs: list[Run]) -> dict[tuple, list[ShiftRow]]:
     for key, members in _by(found, lambda r: (r.task, text(dig(r.data, "shift", "task")), r.model,
                                               r.primary)).items():
         rows = []
-        for (method, variant), of_row in _by(members, lambda r: (r.method, r.variant)).items():
+        for (method, variant), of_row in _by(members, lambda r: (r.method, shown_variant(r))).items():
             ordered = sorted(of_row, key=lambda r: (seed_key(r.seed), r.path))
             shifted = [shift_value(r) for r in ordered]
             label = f"{method} · {variant}" if variant else method
