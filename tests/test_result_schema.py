@@ -155,7 +155,7 @@ def test_older_schema_versions_stay_readable_and_the_reference_report_rebuilds_b
 def test_the_committed_references_are_found():
     names = {str(p.relative_to(ROOT / "results" / "reference")) for p in REFERENCES}
     assert {"compare-cpu", "compare-cpu-2026-11-23", "protocol-cpu", "protocol-cpu-2026-11-27",
-            "gpu-h200/compare"} <= names
+            "gpu-h200/compare", "shapes-cpu", "experiments-cpu/scale", "experiments-cpu/ensemble-sst2"} <= names
 
 
 @pytest.mark.parametrize("folder", REFERENCES, ids=lambda p: p.name if p.parent.name == "reference" else
