@@ -274,3 +274,30 @@ def test_plots_draw_intervals_inside_a_bounded_metrics_range_and_labels_drop_the
            extra={"overrides": ["experiment=domain_shift", "method.lr=0.1", "seed=0"]})
     runs, _ = load_runs(tmp_path)
     assert runs[0].variant == "experiment=domain_shift,method.lr=0.1" and ex.shown_variant(runs[0]) == "method.lr=0.1"
+
+
+def test_line_plot_marks_sit_on_their_lines_inside_the_frame_at_their_tick(tmp_path):
+    """Each circle is at its series' polyline vertex, inside the plot frame, and at the tick of its x; intervals
+    (two seeds: wide) do not move the marks."""
+    import re
+
+    from bench.report.experiment_svg import experiment_svg
+    from bench.report.svg import L, R, W
+
+    for mode, n, seed, value in itertools.product(["random", "text"], [1, 5, 20, 50], [0, 1], [None]):
+        value = 0.6 + 0.1 * seed * (n % 3) + (0.05 if mode == "text" else 0.0)
+        _write(tmp_path, f"{mode}-{n}-{seed}", experiment="prompt_length", seed=seed, value=value,
+               method_cfg={"peft": {"num_virtual_tokens": n}, "init": {"mode": mode}})
+    runs, _ = load_runs(tmp_path)
+    (plot,) = ex.prompt_length_plots(runs)
+    svg = experiment_svg(plot)
+    ticks = {label: float(x) for x, label in re.findall(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="middle">(\d+)</text>',
+                                                         svg)}
+    assert set(ticks) == {"1", "5", "20", "50"}
+    for name in ("random", "text"):
+        line = re.search(rf'<polyline data-method="{name}"[^>]* points="([^"]+)"', svg).group(1)
+        vertices = [float(pair.split(",")[0]) for pair in line.split()]
+        marks = [float(x) for x in re.findall(rf'<circle data-point="line" data-group="{name}: [^"]*" '
+                                              rf'data-method="{name}" cx="([\d.-]+)"', svg)]
+        assert marks == vertices == [ticks[t] for t in ("1", "5", "20", "50")]
+        assert all(L <= x <= W - R for x in marks)

@@ -113,9 +113,9 @@ def line_plot(plot: Plot) -> str:
         for p in shown:
             x, y = sx(p.x), sy(p.mean)
             if p.interval:
-                lo, hi = drawn_interval(plot, p)
-                out.append(f'<line class="err" data-method="{esc(s.name)}" x1="{_f(x)}" y1="{_f(sy(hi))}" '
-                           f'x2="{_f(x)}" y2="{_f(sy(lo))}" stroke="{color}"/>')
+                bottom, top = drawn_interval(plot, p)  # (not lo / hi: sx reads those, the log x range)
+                out.append(f'<line class="err" data-method="{esc(s.name)}" x1="{_f(x)}" y1="{_f(sy(top))}" '
+                           f'x2="{_f(x)}" y2="{_f(sy(bottom))}" stroke="{color}"/>')
             out.append(f'<circle data-point="line" data-group="{esc(s.name)}: {esc(p.label)}" '
                        f'data-method="{esc(s.name)}" cx="{_f(x)}" cy="{_f(y)}" r="5" '
                        f'fill="{"#fff" if p.hollow else color}" stroke="{color}">'
@@ -165,9 +165,9 @@ def dumbbell(plot: Plot) -> str:
                    f'x2="{_f(sx(second.mean))}" y2="{_f(y)}" stroke="#999" stroke-width="1" stroke-dasharray="3 2"/>')
         for p, dy in ((first, -7), (second, 7)):  # each interval on its own line, just above / below the row
             if p.interval:
-                lo, hi = drawn_interval(plot, p)
-                out.append(f'<line class="err" data-method="{esc(s.name)}" x1="{_f(sx(lo))}" '
-                           f'y1="{_f(y + dy)}" x2="{_f(sx(hi))}" y2="{_f(y + dy)}" stroke="{color}"/>')
+                bottom, top = drawn_interval(plot, p)
+                out.append(f'<line class="err" data-method="{esc(s.name)}" x1="{_f(sx(bottom))}" '
+                           f'y1="{_f(y + dy)}" x2="{_f(sx(top))}" y2="{_f(y + dy)}" stroke="{color}"/>')
             out.append(f'<circle data-point="dumbbell" data-group="{esc(s.name)}: {esc(p.label)}" '
                        f'data-method="{esc(s.name)}" cx="{_f(sx(p.mean))}" cy="{_f(y)}" r="5" '
                        f'fill="{"#fff" if p.hollow else color}" stroke="{color}">'
