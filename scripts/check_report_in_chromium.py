@@ -1,7 +1,7 @@
 """Open a built report's index.html in headless Chromium, offline, and check that every plot rendered its marks.
 
 The page's own script counts the laid-out marks of each plot (svg data-rendered) against what the report wrote
-(data-expected); this prints both per plot, the requests the page made that were not local, and writes a
+(data-expected); this prints both per plot, fails a plot with a mark placed outside its own area, the requests the page made that were not local, and writes a
 screenshot per plot-bearing section (anchors scrolled into view) for a person to look at.
 
     python scripts/check_report_in_chromium.py results/reference/experiments-cpu [--shots DIR]
@@ -27,7 +27,9 @@ class _Plots(HTMLParser):
     def __init__(self):
         super().__init__()
         self.plots: dict[str, tuple[int, int | None]] = {}
+        self.outside: dict[str, int] = {}   # marks placed outside their svg's own width x height
         self.section = ""
+        self.svg: tuple[str, float, float] | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -37,6 +39,15 @@ class _Plots(HTMLParser):
             rendered = a.get("data-rendered")
             key = f"{self.section}/{a['data-plot']}" if self.section else a["data-plot"]
             self.plots[key] = (int(a["data-expected"]), int(rendered) if rendered is not None else None)
+            self.svg = (key, float(a.get("width", "inf")), float(a.get("height", "inf")))
+            self.outside[key] = 0
+        elif tag == "circle" and self.svg is not None and "cx" in a and "cy" in a:
+            key, width, height = self.svg
+            self.outside[key] += not (0 <= float(a["cx"]) <= width and 0 <= float(a["cy"]) <= height)
+
+    def handle_endtag(self, tag):
+        if tag == "svg":
+            self.svg = None
 
 
 def figure_pages(page: Path, out: Path) -> list[Path]:
@@ -106,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"--screenshot={(args.shots / (single.stem + '.png')).resolve()}", single.as_uri())
     bad = 0
     for plot, (expected, rendered) in sorted(found.plots.items()):
-        ok = rendered == expected
+        outside = found.outside.get(plot, 0)
+        ok = rendered == expected and outside == 0
         bad += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {plot}: {rendered} of {expected} marks rendered")
+        print(f"{'ok  ' if ok else 'FAIL'} {plot}: {rendered} of {expected} marks rendered"
+              + (f", {outside} placed outside the plot" if outside else ""))
     print(f"{len(found.plots)} plots, {bad} incomplete; remote requests: {remote or 'none'}")
     return 0 if bad == 0 and not remote and found.plots else 1
 
