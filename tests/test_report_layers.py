@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bench" / "report"
 # lower number = lower layer; a module may import only modules of a lower layer
-LAYERS = {"fmt": 0, "model": 1, "read": 2, "stats": 2, "aggregate": 3, "stability": 3, "soft_prompts": 3,
+LAYERS = {"fmt": 0, "model": 1, "read": 2, "stats": 2, "aggregate": 3, "stability": 3, "soft_prompts": 3, "samples": 3,
           "tables": 4, "serving": 4,
           "markdown": 5, "csv_export": 5, "svg": 5, "html": 6, "build": 7, "__main__": 8,
           "experiments": 3, "experiment_svg": 5.5}  # experiment_svg: above svg, whose helpers it draws with

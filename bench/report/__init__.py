@@ -2,7 +2,7 @@
 
     fmt (values and number formats) <- model (types) <- read (result, predictions and serve-eval files)
     <- stats (intervals, metrics by name, paired bootstrap) <- aggregate (groups, baselines, comparisons, flags)
-    <- stability, soft_prompts (their sections' blocks) <- tables (renderer-neutral blocks), serving
+    <- stability, soft_prompts, samples (their sections' blocks) <- tables (renderer-neutral blocks), serving
     <- markdown, csv_export, svg <- html <- build (the entry point)
     (experiments: the named experiments' plot data and tables, from model, stats and fmt; experiment_svg draws
     them with svg's helpers; markdown and html render them)
