@@ -118,14 +118,20 @@ def ci_text(p: Point) -> str:
     return fmt_interval(p.interval) if p.interval else ("n/a" if p.n == 1 else DASH)
 
 
-
 def majority_value(runs: list[Run]) -> float | None:
     """The majority-class baseline's primary metric on the runs' evaluated rows (mean over runs: the same rows
     give the same value), the floor a trained run has to clear."""
     return _mean([num(dig(r.majority or {}, "metrics", r.primary)) for r in runs])
 
 
-def evaluation_note(runs: list[Run]) -> str:
+def _rows_text(label: str, rows: list[int], primary: str) -> tuple[str, str]:
+    """e.g. "sst2 validation: 500 rows" and, for accuracy, the binomial 95 % half-width at 0.5 on the fewest rows."""
+    said = f"{label}: {' / '.join(f'{n:,}' for n in rows)} rows"
+    half = f", example-level 95 % half-width at 0.5: ±{1.96 * (0.25 / rows[0]) ** 0.5:.3f}"
+    return said, (half if primary == "accuracy" else "")
+
+
+def evaluation_note(runs: list[Run], extra: tuple[str, ...] = ()) -> str:
     """What the seed intervals leave out: every seed is scored on the same rows, so the rows' own sampling error
     is not in them. Says how many rows (and the majority class's score there, the floor a run must clear) and, for
     accuracy, the example-level 95 % half-width at 0.5 (binomial), so a reader can weigh a gap."""
@@ -139,15 +145,12 @@ def evaluation_note(runs: list[Run]) -> str:
         if not rows:
             continue
         majority = majority_value(members)
-        said = f"{task} {split}: {' / '.join(f'{n:,}' for n in rows)} rows"
-        said += f", majority class {fmt_metric(majority)}" if majority is not None else ""
-        if primary == "accuracy":
-            said += f", example-level 95 % half-width at 0.5: ±{1.96 * (0.25 / rows[0]) ** 0.5:.3f}"
-        parts.append(said)
+        said, half = _rows_text(f"{task} {split}", rows, primary)
+        parts.append(said + (f", majority class {fmt_metric(majority)}" if majority is not None else "") + half)
     if not parts:
         return ""
     return ("Intervals are over seeds, each seed scored on the same rows, so they leave out the rows' own sampling "
-            "error (" + "; ".join(parts) + ").")
+            "error (" + "; ".join(parts + list(extra)) + ").")
 
 
 # ---------------------------------------------------------------------------- scale
@@ -336,11 +339,8 @@ def shift_plot(index: int, key: tuple, rows: list[ShiftRow]) -> Plot:
     series = [Series(r.label, [r.in_domain, r.shifted]) for r in rows]
     in_domain = [r for row in rows for r in row.runs]
     shifted = sorted({int(n) for n in (num(dig(r.data, "shift", "rows")) for r in in_domain) if n})
-    note = evaluation_note(in_domain)
-    if note and shifted:
-        half = (f", example-level 95 % half-width at 0.5: ±{1.96 * (0.25 / shifted[0]) ** 0.5:.3f}"
-                if primary == "accuracy" else "")
-        note = note[:-2] + f"; {other} validation, shifted: {' / '.join(f'{n:,}' for n in shifted)} rows{half})."
+    note = evaluation_note(in_domain, ("".join(_rows_text(f"{other} validation, shifted", shifted, primary)),)
+                           if shifted else ())
     return Plot(f"experiment-domain-shift-{index}", f"{task} → {other} · {model}: {primary} in and out of domain",
                 primary, primary, series, fmt_metric, log_x=False, kind="dumbbell", note=note)
 

@@ -27,9 +27,10 @@ def _texts(run: Run) -> dict | None:
 def sample_blocks(section: Section) -> list:
     chosen = []  # (group label, its lowest seed's texts)
     for g in section.groups:
-        runs = sorted((r for r in g.runs if _texts(r) is not None), key=lambda r: (seed_key(r.seed), r.path))
-        if runs:
-            chosen.append((g.short or g.label, text(runs[0].seed), _texts(runs[0])))
+        found = sorted(((r, _texts(r)) for r in g.runs), key=lambda rt: (seed_key(rt[0].seed), rt[0].path))
+        found = [(r, t) for r, t in found if t is not None]
+        if found:
+            chosen.append((g.short or g.label, text(found[0][0].seed), found[0][1]))
     if not chosen:
         return []
     shared = set.intersection(*(set(t) for _, _, t in chosen))
