@@ -156,6 +156,9 @@ class Throughput(TypedDict):
     eval_flops_per_token: float
     eval_flops_per_sample: float
     eval_flops_per_batch: float
+    # model sequences per sample (multiple choice: one per choice), each with the virtual positions; absent: 1
+    train_sequences_per_sample: NotRequired[float | None]
+    eval_sequences_per_sample: NotRequired[float]
     precision: str
     peak_flops: float | None
     mfu: float | None

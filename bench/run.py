@@ -370,4 +370,6 @@ def _train_and_measure(cfg: DictConfig, out: Path, result: record.Result, logger
         train_rates=(train_stats.tokens_per_s, train_stats.samples_per_s,
                      per_batch(train_stats.samples, train_stats.steps)) if trainable > 0 else None,
         eval_rates=eval_stats.flop_rates(tr.eval_batch_size),  # generation: + the generated tokens
-        processes=accelerator.num_processes))
+        processes=accelerator.num_processes,
+        sequences_per_sample=(pipeline.mean_sequences(prep.train_ds, True),
+                              pipeline.mean_sequences(prep.eval_sets[first_split], False))))

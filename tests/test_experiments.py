@@ -144,6 +144,19 @@ def test_hard_vs_soft_plot_data_from_result_files(tmp_path):
     assert rows[(ex.HARD, "4-shot")][4] == "no"
 
 
+def test_a_multiple_choice_soft_prompt_pays_its_virtual_tokens_once_per_choice(tmp_path):
+    """COPA scores each row as two (context, choice) sequences: 20 virtual tokens cost 40 positions per row."""
+    _write(tmp_path, "s20", experiment="hard_vs_soft", method="prompt", trainable=11_520, value=0.6,
+           method_cfg={"peft": {"num_virtual_tokens": 20}},
+           throughput={"eval_tokens": 6_000, "eval_samples": 100, "virtual_positions": 20, "train_tokens": 0,
+                       "eval_sequences_per_sample": 2.0})
+    runs, _ = load_runs(tmp_path)
+    (plot,) = ex.hard_vs_soft_plots(runs)
+    assert [p.x for p in plot.series[0].points] == [100.0]  # 6000 / 100 + 2 x 20
+    (row,) = ex.hard_vs_soft_table(plot, runs).rows
+    assert [c.text for c in row][2:4] == ["100.0", "40"]
+
+
 def test_identical_seeds_and_the_fixed_rows_are_said_not_drawn_as_certainty(tmp_path):
     """A zero-shot prompt gives every seed the same value: its interval cell says so instead of [x, x]; the note
     under each plot gives the rows every seed was scored on and their example-level half-width (400 rows at 0.5:
@@ -301,3 +314,23 @@ def test_line_plot_marks_sit_on_their_lines_inside_the_frame_at_their_tick(tmp_p
                                               rf'data-method="{name}" cx="([\d.-]+)"', svg)]
         assert marks == vertices == [ticks[t] for t in ("1", "5", "20", "50")]
         assert all(L <= x <= W - R for x in marks)
+
+
+def test_tick_labels_of_nearby_points_do_not_print_over_each_other(tmp_path):
+    """Points at 132 and 133 tokens per prediction (the hard-vs-soft reference) sit 1 px apart on a log axis: both
+    get a grid line, one gets the label; 1 and 1,000 are far apart and both get theirs."""
+    import re
+
+    from bench.report.experiment_svg import experiment_svg
+
+    for name, tokens in (("a", 1_000), ("b", 132_000), ("c", 133_000), ("d", 1_000_000)):
+        _write(tmp_path, name, experiment="hard_vs_soft", method="hard_prompt", trainable=0, value=0.6,
+               method_cfg={"shots": {"a": 0, "b": 1, "c": 2, "d": 8}[name]},
+               throughput={"eval_tokens": tokens, "eval_samples": 1_000, "virtual_positions": 0, "train_tokens": 0})
+    runs, _ = load_runs(tmp_path)
+    (plot,) = ex.hard_vs_soft_plots(runs)
+    svg = experiment_svg(plot)
+    labels = re.findall(r'<text x="[\d.]+" y="[\d.]+" text-anchor="middle">([\d,.kM]+)</text>', svg)
+    assert labels == ["1", "132", "1k"]
+    grid = re.findall(r'<line class="grid" x1="([\d.]+)" y1="30"', svg)
+    assert len(grid) == 4

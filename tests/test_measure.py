@@ -628,7 +628,16 @@ def test_mfu_section_by_hand():
     train_flops = 600 * (1e9 + 20 * 1e7) + 60 * 1e7 + 1000 * 1e6
     assert section["mfu"] == pytest.approx(train_flops / 2 / 989.4e12)
     assert section["eval_mfu"] == pytest.approx((200 * (2e9 + 20 * 2e7) + 20 * 2e7) / 989.4e12)
-    assert "dense bf16 989.4 TFLOP/s" in section["mfu_formula"] and "20 virtual per sample" in section["mfu_formula"]
+    assert "dense bf16 989.4 TFLOP/s" in section["mfu_formula"] and "20 virtual per sequence" in section["mfu_formula"]
+    # multiple choice: 2 sequences per training row, 3 per scored row, each with the virtual positions and the
+    # per-sequence layers; the prompt encoder still runs once per batch
+    choices = flops.mfu_section(profile, device=cuda, device_name="NVIDIA H100 80GB HBM3", precision="bf16",
+                                virtual_positions=20, train_rates=(1e9, 1e7, 10), eval_rates=(2e9, 2e7),
+                                processes=2, sequences_per_sample=(2.0, 3.0))
+    train_flops = 600 * (1e9 + 20 * 2e7) + 60 * 2e7 + 1000 * 1e6
+    assert choices["mfu"] == pytest.approx(train_flops / 2 / 989.4e12)
+    assert choices["eval_mfu"] == pytest.approx((200 * (2e9 + 20 * 6e7) + 20 * 6e7) / 989.4e12)
+    assert (choices["train_sequences_per_sample"], choices["eval_sequences_per_sample"]) == (2.0, 3.0)
     on_cpu = flops.mfu_section(profile, device=CPU, device_name="AMD EPYC", precision="fp32", virtual_positions=0,
                                  train_rates=None, eval_rates=(1.0, 1.0))
     assert on_cpu["mfu"] is None and on_cpu["eval_mfu"] is None and on_cpu["train_flops_per_token"] is None

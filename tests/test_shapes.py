@@ -142,6 +142,11 @@ def test_copa_runs_end_to_end_with_a_majority_baseline(compose, model, method):
     assert result["baselines"]["majority"]["prediction"] == majority
     assert result["baselines"]["majority"]["metrics"]["accuracy"] == pytest.approx(
         saved["references"].count(majority) / 64)
+    # COPA has two choices: the encoder reads both pairs in training and scoring; the decoder trains on the
+    # right choice alone and scores both, and FLOPs count each sequence's virtual positions
+    throughput = result["throughput"]
+    assert throughput["eval_sequences_per_sample"] == 2.0
+    assert throughput["train_sequences_per_sample"] == (2.0 if model == "tiny-bert" else 1.0)
     if model == "tiny-llama":  # every decoder scoring is recorded; accuracy_mean is the per-token one
         metrics = result["metrics"]
         assert {"accuracy_sum", "accuracy_mean", "accuracy_per_token", "acc_norm"} <= set(metrics)

@@ -236,23 +236,26 @@ def mfu(flops_per_token: float, tokens_per_s: float | None, device: torch.device
 
 def mfu_section(profile: FlopProfile, *, device: torch.device, device_name: str, precision: str,
                 virtual_positions: int, train_rates: tuple | None, eval_rates: tuple | None,
-                processes: int = 1) -> dict:
+                processes: int = 1, sequences_per_sample: tuple[float, float] = (1.0, 1.0)) -> dict:
     """result["throughput"] FLOPs and MFU fields.
 
     *_rates = (real tokens/s, samples/s, samples per batch) of all processes together (train_rates None
     when nothing was trained; samples per batch None counts per-batch FLOPs once per sample, an upper
-    bound); each of `processes` devices does 1/processes of the training work.
+    bound); each of `processes` devices does 1/processes of the training work. sequences_per_sample =
+    (train, eval): model sequences per sample (multiple choice reads one per choice), each of which gets the
+    virtual positions and the per-sample layers; the profile was probed one sequence per sample.
     """
     peak = peak_flops(device_name, precision) if device.type == "cuda" else None
 
-    def utilisation(per_token, per_sample, per_batch, rates, share):
+    def utilisation(per_token, per_sample, per_batch, rates, share, sequences):
         if rates is None or rates[0] is None or not peak:
             return None
         tokens_per_s, samples_per_s, per_batch_samples = (tuple(rates) + (None,))[:3]
         samples_per_s = samples_per_s or 0.0
         batches_per_s = samples_per_s / per_batch_samples if per_batch_samples else samples_per_s
-        achieved = (per_token * processed_tokens(tokens_per_s, samples_per_s, virtual_positions)
-                    + per_sample * samples_per_s + per_batch * batches_per_s)
+        sequences_per_s = samples_per_s * sequences
+        achieved = (per_token * processed_tokens(tokens_per_s, sequences_per_s, virtual_positions)
+                    + per_sample * sequences_per_s + per_batch * batches_per_s)
         return achieved / share / peak
 
     where = f"{device_name} dense {precision} {peak / 1e12:g} TFLOP/s" if peak else \
@@ -268,15 +271,18 @@ def mfu_section(profile: FlopProfile, *, device: torch.device, device_name: str,
         "virtual_positions": virtual_positions,
         "precision": precision,
         "peak_flops": peak,
+        "train_sequences_per_sample": sequences_per_sample[0] if trained else None,
+        "eval_sequences_per_sample": sequences_per_sample[1],
         "mfu": utilisation(profile.train_per_token, profile.train_per_sample, profile.train_per_batch,
-                           train_rates, processes),
+                           train_rates, processes, sequences_per_sample[0]),
         "eval_mfu": utilisation(profile.eval_per_token, profile.eval_per_sample, profile.eval_per_batch,
-                                eval_rates, 1),
+                                eval_rates, 1, sequences_per_sample[1]),
         "mfu_formula": (
             "linear-layer matmuls (" + ("rows and input-gradient needs read from the model by forward hooks"
                                         if profile.probed else "structural upper bound, the model was not probed")
             + "): per row 2N forward, +2N weight gradient when trained, +2N input gradient when the input "
             "depends on a trained parameter; rows = processed positions (real tokens, in evaluation of a "
-            f"generation task the generated ones too, + {virtual_positions} virtual per sample), or per sample (pooled heads, prefix projection), or "
+            f"generation task the generated ones too, + {virtual_positions} virtual per sequence), or per sequence (pooled heads, "
+            "prefix projection; a multiple-choice row is one sequence per choice: *_sequences_per_sample), or "
             f"per batch (P-tuning's prompt encoder); attention scores not counted; peak = {where}"),
     }

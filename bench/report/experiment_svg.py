@@ -21,6 +21,10 @@ def _decimals(step: float) -> int:
     return max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if f"{step:g}".rstrip("0").endswith("25") else 0)
 
 
+# a tick label's width per character (11 px system-ui digits are about 6.1 px: generous) and the gap kept between two
+TICK_CHAR_PX, TICK_GAP_PX = 7.0, 4.0
+
+
 def _tick(v: float) -> str:
     """A tick label with 3 significant digits: 22,713,216 -> 22.7M, 5 -> 5."""
     for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -84,9 +88,13 @@ def line_plot(plot: Plot) -> str:
         out.append(f'<line class="grid" x1="{L}" y1="{_f(sy(v))}" x2="{W - R}" y2="{_f(sy(v))}"/>')
         out.append(f'<text x="{L - 6}" y="{_f(sy(v) + 4)}" text-anchor="end">{v:.{decimals}f}</text>')
     ticks = xs if len(xs) <= 8 else [10.0 ** d for d in range(math.ceil(lo), math.floor(hi) + 1)]
+    labelled_to = -math.inf  # right edge of the last tick label: a label that would overlap it is left out
     for x in ticks:
         out.append(f'<line class="grid" x1="{_f(sx(x))}" y1="{T}" x2="{_f(sx(x))}" y2="{H - B}"/>')
-        out.append(f'<text x="{_f(sx(x))}" y="{H - B + 16}" text-anchor="middle">{esc(_tick(x))}</text>')
+        half = TICK_CHAR_PX / 2 * len(_tick(x))
+        if sx(x) - half >= labelled_to + TICK_GAP_PX:
+            out.append(f'<text x="{_f(sx(x))}" y="{H - B + 16}" text-anchor="middle">{esc(_tick(x))}</text>')
+            labelled_to = sx(x) + half
         if x in plot.x_labels:  # kept inside the frame: anchored at its end near the right edge, its start near the left
             name = plot.x_labels[x]
             half = 3.3 * len(name)

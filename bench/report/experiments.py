@@ -239,11 +239,16 @@ HARD = "hard prompt (no training)"
 
 def tokens_per_prediction(run: Run) -> float | None:
     """Input tokens the model reads per evaluated row: real tokens (throughput.eval_tokens / eval_samples: a hard
-    prompt's instruction and demonstrations included, after truncation) + the virtual positions a soft prompt adds."""
+    prompt's instruction and demonstrations included, after truncation) + the virtual positions a soft prompt adds,
+    once per sequence the row costs (multiple choice: one per choice)."""
     tokens, samples = run.get("throughput", "eval_tokens"), run.get("throughput", "eval_samples")
     if tokens is None or not samples:
         return None
-    return tokens / samples + (run.get("throughput", "virtual_positions") or 0.0)
+    return tokens / samples + virtual_per_prediction(run)
+
+
+def virtual_per_prediction(run: Run) -> float:
+    return (run.get("throughput", "virtual_positions") or 0.0) * (run.get("throughput", "eval_sequences_per_sample") or 1.0)
 
 
 def trains(run: Run) -> bool:
@@ -289,7 +294,7 @@ def hard_vs_soft_table(plot: Plot, runs: list[Run]) -> Table:
     for s in plot.series:
         for p in s.points:
             of_point = [r for r in runs if _arm(r)[:2] == (s.name, p.label) and (r.task, r.model, r.primary) == plot.key]
-            virtual = _mean([r.get("throughput", "virtual_positions") for r in of_point])
+            virtual = _mean([virtual_per_prediction(r) for r in of_point])
             rows.append(cells(s.name, p.label, f"{p.x:,.1f}", f"{virtual or 0:g}", "no" if p.hollow else "yes",
                               fmt_count(_mean([r.get("throughput", "train_tokens") for r in of_point])),
                               fmt_seconds(_mean([r.get("time", "train_s") for r in of_point])),

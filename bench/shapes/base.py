@@ -35,6 +35,7 @@ class Pipeline:
 
     tokenize(split) -> datasets.Dataset with at least `length` (real tokens processed per row);
     train_lengths: per-row training sequence lengths (for batching and token counts);
+    sequences_per_row: model sequences per row, on average, when a row is more than one (multiple choice);
     loss(model, batch) -> scalar loss; predict(model, batch) -> (predictions, generated_tokens);
     references(split) -> per-row references in the evaluated split's order.
     """
@@ -45,6 +46,12 @@ class Pipeline:
     predict: Callable
     train_lengths: Callable = None  # dataset -> list[int]; default: the `length` column
     generates: bool = False          # eval throughput counts generated tokens as well
+    # (dataset, training) -> the model sequences one row costs, on average (default 1): multiple choice reads
+    # one (context, choice) sequence per choice, and each gets the virtual positions (FLOPs and MFU)
+    sequences_per_row: Callable = None
+
+    def mean_sequences(self, dataset, training: bool) -> float:
+        return float(self.sequences_per_row(dataset, training)) if self.sequences_per_row and len(dataset) else 1.0
 
 
 @dataclass

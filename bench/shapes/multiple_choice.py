@@ -118,7 +118,8 @@ class MultipleChoice(Shape):
 
             collate = _EncoderChoiceCollator(tokenizer)
             return Pipeline(tokenize=map_rows(encode), train_collate=collate, eval_collate=collate,
-                            loss=_encoder_loss, predict=_encoder_predict)
+                            loss=_encoder_loss, predict=_encoder_predict,
+                            sequences_per_row=lambda ds, training: _mean_count(ds["choice_input_ids"]))
 
         template = spec.prompt.template if spec.get("prompt") and spec.prompt.get("template") else None
 
@@ -147,7 +148,9 @@ class MultipleChoice(Shape):
 
         return Pipeline(tokenize=map_rows(encode), train_collate=_DecoderChoiceTrainCollator(tokenizer),
                         eval_collate=_DecoderChoiceEvalCollator(tokenizer), loss=answer_loss,
-                        predict=_decoder_predict, train_lengths=train_lengths)
+                        predict=_decoder_predict, train_lengths=train_lengths,
+                        # training reads the right choice only; scoring reads every choice
+                        sequences_per_row=lambda ds, training: 1.0 if training else _mean_count(ds["choice_ids"]))
 
     def finalize(self, spec, raw):
         """Decoder predictions carry the choice each scoring picks (sum, per token, per character): the one
@@ -167,6 +170,10 @@ class MultipleChoice(Shape):
 
     def baseline(self, spec, train_split):
         return majority(list(train_split[spec.label_field]))
+
+
+def _mean_count(lists: list) -> float:
+    return sum(map(len, lists)) / len(lists)
 
 
 class _EncoderChoiceCollator:
