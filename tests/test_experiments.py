@@ -265,6 +265,34 @@ def test_a_domain_shift_run_records_shift_metrics_end_to_end(compose, tmp_path):
     assert written["config"]["experiment_name"] == "domain_shift"
 
 
+def test_the_domain_shift_plot_draws_each_side_s_majority_class_floor(tmp_path):
+    """In-domain rows and shifted rows have their own floor: the trained task's majority class scored on each. The
+    dumbbell draws both as vertical dashed lines at their value on the shared axis, labelled."""
+    import re
+
+    from bench.report.experiment_svg import experiment_svg
+
+    for method, (inside, out) in {"full": (0.70, 0.50), "prompt": (0.60, 0.45)}.items():
+        for seed in (0, 1):
+            _write(tmp_path, f"{method}-{seed}", experiment="domain_shift", method=method, seed=seed, value=inside,
+                   extra={"baselines": {"majority": {"prediction": 1, "metrics": {"accuracy": 0.53}}},
+                          "shift": {"task": "cb", "rows": 56, "metrics": {"accuracy": out},
+                                    "majority_metrics": {"accuracy": 0.41}}})
+    runs, _ = load_runs(tmp_path)
+    ((key, rows),) = ex.shift_rows(runs).items()
+    plot = ex.shift_plot(0, key, rows)
+    assert (plot.baseline, plot.shifted_baseline) == (pytest.approx(0.53), pytest.approx(0.41))
+    svg = experiment_svg(plot)
+    floors = re.findall(r'<line class="baseline" x1="([\d.]+)" y1="[\d.]+" x2="([\d.]+)"', svg)
+    assert len(floors) == 2 and all(a == b for a, b in floors)  # vertical
+    marks = {g: float(x) for g, x in re.findall(r'data-group="([^"]+)" data-method="[^"]+" cx="([\d.]+)"', svg)}
+    in_floor, out_floor = (float(a) for a, _ in floors)
+    # on the metric axis: 0.41 < 0.45 < 0.50 < 0.53 < 0.60 < 0.70
+    assert out_floor < marks["prompt: out-of-domain"] < marks["full: out-of-domain"] < in_floor \
+        < marks["prompt: in-domain"] < marks["full: in-domain"]
+    assert "majority class, in-domain: 0.530" in svg and "majority class, out-of-domain: 0.410" in svg
+
+
 def test_identity_ignores_the_experiment_name_and_covers_the_shift(compose):
     from omegaconf import OmegaConf
 

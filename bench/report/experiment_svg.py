@@ -33,6 +33,13 @@ def _tick(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _kept_inside(x: float, label: str) -> tuple[float, str]:
+    """(x, text-anchor) of a label centred at x unless it would cross the image's edge: then anchored at that edge."""
+    half = 3.3 * len(label)
+    anchor = "end" if x + half > W else "start" if x - half < 0 else "middle"
+    return {"end": W - 2, "start": 2, "middle": x}[anchor], anchor
+
+
 def _tooltip(plot: Plot, s: Series, p: Point) -> str:
     return "\n".join([f"{s.name}: {p.label}", f"{plot.y_title} {fmt_metric(p.mean)}, 95% CI over seeds {ci_text(p)} "
                       f"(n={p.n})", f"{plot.x_title}: {plot.x_format(p.x)}"] + (["no training"] if p.hollow else []))
@@ -95,11 +102,9 @@ def line_plot(plot: Plot) -> str:
         if sx(x) - half >= labelled_to + TICK_GAP_PX:
             out.append(f'<text x="{_f(sx(x))}" y="{H - B + 16}" text-anchor="middle">{esc(_tick(x))}</text>')
             labelled_to = sx(x) + half
-        if x in plot.x_labels:  # kept inside the frame: anchored at its end near the right edge, its start near the left
+        if x in plot.x_labels:  # a second line under the tick, kept inside the image
             name = plot.x_labels[x]
-            half = 3.3 * len(name)
-            anchor = "end" if sx(x) + half > W else "start" if sx(x) - half < 0 else "middle"
-            at = {"end": W - 2, "start": 2, "middle": sx(x)}[anchor]
+            at, anchor = _kept_inside(sx(x), name)
             out.append(f'<text x="{_f(at)}" y="{H - B + 30}" text-anchor="{anchor}">{esc(name)}</text>')
     out.append(f'<line class="axis" x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}"/>')
     out.append(f'<line class="axis" x1="{L}" y1="{T}" x2="{L}" y2="{H - B}"/>')
@@ -149,8 +154,11 @@ def dumbbell(plot: Plot) -> str:
     label_w, row_h = 160, 34
     ph = row_h * len(rows)
     height = T + ph + 40 + LEGEND_ROW
+    floors = [(v, label, dash) for v, label, dash in ((plot.baseline, rows[0].points[0].label, "5 4"),
+                                                     (plot.shifted_baseline, rows[0].points[1].label, "2 3"))
+              if v is not None]
     values = [p.mean for s in rows for p in s.points] + [v for s in rows for p in s.points if p.interval
-                                                          for v in drawn_interval(plot, p)]
+                                                          for v in drawn_interval(plot, p)] + [v for v, *_ in floors]
     x0, x1, step = _y_scale(values)
     decimals = _decimals(step)
 
@@ -165,6 +173,12 @@ def dumbbell(plot: Plot) -> str:
     out.append(f'<line class="axis" x1="{label_w}" y1="{T + ph}" x2="{W - R}" y2="{T + ph}"/>')
     out.append(f'<text x="{(label_w + W - R) / 2:.1f}" y="{T + ph + 34}" text-anchor="middle">'
                f"{esc(plot.x_title)}</text>")
+    for k, (v, label, dash) in enumerate(floors):  # what always answering the trained task's majority class scores
+        out.append(f'<line class="baseline" x1="{_f(sx(v))}" y1="{T}" x2="{_f(sx(v))}" y2="{T + ph}" stroke="#777" '
+                   f'stroke-dasharray="{dash}"/>')
+        name = f"majority class, {label}: {fmt_metric(v)}"
+        at, anchor = _kept_inside(sx(v), name)
+        out.append(f'<text x="{_f(at)}" y="{T - 18 + 12 * k}" text-anchor="{anchor}" fill="#555">{esc(name)}</text>')
     for i, s in enumerate(rows):
         y, color = T + i * row_h + row_h / 2, colors[s.name]
         first, second = s.points

@@ -53,6 +53,7 @@ class Plot:
     x_labels: dict = field(default_factory=dict)  # x -> a second tick line (scale: the model at that size)
     note: str = ""                           # what the intervals leave out (evaluation_note)
     baseline: float | None = None            # the majority class's metric on the evaluated rows (a dashed line)
+    shifted_baseline: float | None = None    # dumbbell: the trained task's majority class on the shifted rows
 
 
 @dataclass
@@ -347,7 +348,8 @@ def shift_plot(index: int, key: tuple, rows: list[ShiftRow]) -> Plot:
     note = evaluation_note(in_domain, ("".join(_rows_text(f"{other} validation, shifted", shifted, primary)),)
                            if shifted else ())
     return Plot(f"experiment-domain-shift-{index}", f"{task} → {other} · {model}: {primary} in and out of domain",
-                primary, primary, series, fmt_metric, log_x=False, kind="dumbbell", note=note)
+                primary, primary, series, fmt_metric, log_x=False, kind="dumbbell", note=note,
+                baseline=majority_value(in_domain), shifted_baseline=_mean([r.majority for r in rows]))
 
 
 def shift_table(key: tuple, rows: list[ShiftRow]) -> Table:
