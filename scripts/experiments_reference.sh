@@ -2,9 +2,9 @@
 # The soft-prompt experiments on the shipped models at CPU budgets (results/reference/experiments-cpu/):
 #   - scale: conf/experiment/scale.yaml as it is (MiniLM and SmolLM2-135M x full / LoRA / prompt x seeds 0-2);
 #   - domain_shift: conf/experiment/domain_shift.yaml as it is (MiniLM, RTE -> CB, 4 methods x seeds 0-2);
-#   - prompt_length: the 4 initialisations x lengths 1, 5, 20, 50 x seeds 0-2 (the file's grid adds length 100:
-#     its 5x positions made it the longest run), 500 validation rows;
-#   - hard_vs_soft: the file's 7 points x seeds 0, 1 (the file: 3 seeds), 200 validation rows;
+#   - prompt_length: the file's grid (4 initialisations x lengths 1, 5, 20, 50, 100) x seeds 0-2, 500 validation
+#     rows;
+#   - hard_vs_soft: the file's 7 points x seeds 0-2, 200 validation rows;
 #   - a prompt ensemble: MiniLM on SST-2, full fine-tuning and soft prompts x seeds 0-2 at 200 steps of 32 (the
 #     default comparison's preset cut from 625 steps), then `bench-serve-eval ensemble` over the 3 prompts.
 # Usage: bash scripts/experiments_reference.sh [RESULTS_DIR] [PART ...]   (default results/experiments-cpu, every
@@ -23,9 +23,9 @@ for part in $PARTS; do
   case $part in
     scale) "$BENCH" -m experiment=scale "${common[@]}" ;;
     domain_shift) "$BENCH" -m experiment=domain_shift "${common[@]}" ;;
-    prompt_length) "$BENCH" -m experiment=prompt_length method.peft.num_virtual_tokens=1,5,20,50 seed=0,1,2 \
+    prompt_length) "$BENCH" -m experiment=prompt_length method.peft.num_virtual_tokens=1,5,20,50,100 seed=0,1,2 \
         trainer.eval_samples=500 "${common[@]}" ;;
-    hard_vs_soft) "$BENCH" -m experiment=hard_vs_soft seed=0,1 trainer.eval_samples=200 "${common[@]}" ;;
+    hard_vs_soft) "$BENCH" -m experiment=hard_vs_soft seed=0,1,2 trainer.eval_samples=200 "${common[@]}" ;;
     ensemble)
       "$BENCH" -m task=sst2 model=minilm method=full,prompt seed=0,1,2 trainer=quick trainer.max_steps=200 \
           sweep=ensemble-sst2 "${common[@]}"
