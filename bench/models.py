@@ -139,6 +139,7 @@ def load_model(model_cfg: DictConfig, task_spec: DictConfig, tokenizer, cache_di
     import transformers
 
     from bench import shapes
+    from bench.shapes.base import check_head
 
     transformers.logging.set_verbosity_error()  # "newly initialised classifier" is expected here
     head = shapes.get(task_spec.shape).head(task_spec, model_cfg.kind)
@@ -161,6 +162,8 @@ def load_model(model_cfg: DictConfig, task_spec: DictConfig, tokenizer, cache_di
                                      **quantized, **kwargs, **head.kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if head.auto_class == "AutoModelForCausalLM":  # its scores are read through bench's own head path
+        check_head(model, model_cfg.source)
     return model
 
 

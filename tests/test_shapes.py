@@ -66,6 +66,51 @@ def test_an_encoder_task_with_three_text_fields_sees_all_three(compose):
 
 # ---------------------------------------------------------------------------- multiple choice
 
+# a tiny model of each family whose forward changes the head's output, the change made large enough to matter
+_FINISHED_HEADS = {"gemma2": {"final_logit_softcapping": 0.05, "head_dim": 8, "query_pre_attn_scalar": 8},
+                   "granite": {"logits_scaling": 0.01}, "cohere": {"logit_scale": 100.0}}
+
+
+def _tiny_lm(architecture: str, **extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(architecture, vocab_size=64, hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, **extra)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("architecture", sorted(_FINISHED_HEADS))
+def test_head_logits_finish_as_the_model_does_and_the_check_fails_when_they_do_not(architecture, monkeypatch):
+    """bench reads a causal LM's scores through its own head path: for Gemma 2's soft cap, Granite's logit division
+    and Cohere's logit scale it gives the model's own logits, and without finishing them the check stops the run."""
+    from bench.shapes import base
+
+    model = _tiny_lm(architecture, **_FINISHED_HEADS[architecture])
+    ids = torch.tensor([[3, 10, 17, 24, 31]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        own = model(input_ids=ids, attention_mask=mask).logits[0].float()
+        ours = base.head_logits(model, base.final_hidden_states(model, ids, mask)[0])
+        raw = model.get_output_embeddings()(base.final_hidden_states(model, ids, mask)[0]).float()
+    assert torch.allclose(ours, own, atol=1e-4, rtol=1e-4) and not torch.allclose(raw, own, atol=1e-2)
+    base.check_head(model, architecture)  # passes
+    monkeypatch.setattr(base, "finish_logits", lambda config, logits: logits)
+    with pytest.raises(ConfigError, match=rf"model '{architecture}': its forward changes the LM head's output"):
+        base.check_head(model, architecture)
+
+
+def test_a_model_whose_config_asks_for_a_step_its_forward_skips_fails_before_compute():
+    """A Llama model does not soft-cap, whatever its config says: bench's path would, so the check refuses it."""
+    from bench.shapes import base
+
+    model = _tiny_lm("llama")
+    base.check_head(model, "tiny-llama")
+    model.config.final_logit_softcapping = 0.05
+    with pytest.raises(ConfigError, match="bench.shapes.base.finish_logits"):
+        base.check_head(model, "tiny-llama")
+
+
 def test_copa_encoder_pairs_every_choice_with_the_context_and_scores_a_softmax(compose):
     cfg = compose("task=copa")
     shape, tokenizer, pipeline = _pipeline(cfg)

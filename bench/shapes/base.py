@@ -223,8 +223,49 @@ def final_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Te
 
 
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head on rows of final hidden states (n, hidden) -> (n, vocabulary), in float."""
-    return causal_lm(model).get_output_embeddings()(hidden).float()
+    """The LM head on rows of final hidden states (n, hidden) -> (n, vocabulary), in float, finished as the model's
+    own forward finishes them (finish_logits)."""
+    lm = causal_lm(model)
+    return finish_logits(lm.config, lm.get_output_embeddings()(hidden).float())
+
+
+def finish_logits(config, logits: torch.Tensor) -> torch.Tensor:
+    """What transformers' causal LMs do to the head's output before returning it: Cohere's logit_scale (times),
+    Granite's logits_scaling (divided by), Gemma 2/3's final_logit_softcapping (cap * tanh(logits / cap)). A model
+    that does anything else fails check_head before any compute."""
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@torch.no_grad()
+def check_head(model, source: str) -> None:
+    """bench scores a causal LM by applying its head to the final hidden states it reads (final_hidden_states,
+    head_logits), not by taking the model's logits: on a short input, both must give the model's own last-position
+    logits, or the run stops with what to do."""
+    lm = causal_lm(model)
+    vocab = lm.get_output_embeddings().weight.shape[0]
+    ids = (torch.arange(4, device=lm.get_output_embeddings().weight.device) * 7 + 3).remainder(vocab).unsqueeze(0)
+    mask = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    try:
+        own = model(input_ids=ids, attention_mask=mask).logits[0, -1].float()
+        ours = head_logits(model, final_hidden_states(model, ids, mask)[0, -1:])[0]
+    finally:
+        model.train(was_training)
+    gap = float((own - ours).abs().max())
+    if not gap <= 1e-2 * max(1.0, float(own.abs().max())):
+        raise ConfigError(
+            f"model {source!r}: its forward changes the LM head's output in a way bench does not reproduce (largest "
+            f"logit difference {gap:.3g}; bench applies logit_scale, logits_scaling and final_logit_softcapping), so "
+            "its scores and losses would be wrong. Use another model, or add the model's step to "
+            "bench.shapes.base.finish_logits")
 
 
 def token_logprobs(model, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
