@@ -8,15 +8,17 @@ from bench import config, methods, shapes
 from bench.errors import require as _require
 
 
-def validate(cfg: DictConfig) -> DictConfig:
+def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     """Checks that catch impossible settings in about a second, before any data or model is loaded.
 
-    Returns the config typed by bench.schema (every declared key present, defaults filled in).
+    Returns the config typed by bench.schema (every declared key present, defaults filled in). devices_here=False
+    (a plan submitted to other machines, e.g. Slurm from a login node): what this machine's devices and packages
+    allow is left to the run, which checks it again where it runs, before loading anything.
     """
     typed = config.check(cfg)
     with config.explained():
         compatibility(typed)
-        model_fit(typed)
+        model_fit(typed, devices_here)
     return typed
 
 
@@ -32,10 +34,10 @@ def compatibility(cfg: DictConfig) -> None:
     method.check_training(cfg.trainer)
 
 
-def model_fit(cfg: DictConfig) -> None:
+def model_fit(cfg: DictConfig, devices_here: bool = True) -> None:
     """model.dtype / attn_implementation / quantization against the method and this machine (bench.config checked
     what needs neither): a quantised base is frozen and lives on a CUDA device; fp16 weights cannot be trained
-    directly."""
+    directly. devices_here=False skips what depends on this machine (CUDA, bitsandbytes)."""
     import importlib.util
 
     import torch
@@ -46,7 +48,7 @@ def model_fit(cfg: DictConfig) -> None:
     _require(m.dtype != "fp16" or kind != "full", "model.dtype",
              "full fine-tuning trains the fp16 weights themselves and AdamW's update underflows in fp16 (NaN in the "
              "first steps); use model.dtype=bf16 (or fp32), or a PEFT method, whose adapters stay fp32")
-    cuda = cfg.trainer.device != "cpu" and torch.cuda.is_available()
+    cuda = cfg.trainer.device != "cpu" and (torch.cuda.is_available() or not devices_here)
     if m.attn_implementation == "flash_attention_2":
         _require(cuda, "model.attn_implementation",
                  "flash_attention_2 needs a CUDA device and none is visible; use model.attn_implementation=sdpa")
@@ -58,7 +60,7 @@ def model_fit(cfg: DictConfig) -> None:
     _require(cuda, "model.quantization",
              f"{m.quantization} (bitsandbytes) runs on a CUDA device and none is visible; use model.quantization=null "
              "(model.dtype=bf16 halves the base's memory on the CPU)")
-    _require(importlib.util.find_spec("bitsandbytes") is not None, "model.quantization",
+    _require(importlib.util.find_spec("bitsandbytes") is not None or not devices_here, "model.quantization",
              f"{m.quantization} needs the bitsandbytes package: pip install bitsandbytes (bash scripts/setup.sh "
              "installs it on a machine with an NVIDIA GPU: pip install -e '.[gpu]')")
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from bench import config as bconfig
@@ -212,6 +213,23 @@ def test_an_experiment_names_the_lists_and_an_optuna_sweeper_is_refused():
     assert [c.method for c in p.cells] == ["lora"] and p.seeds == [0, 1]
     with pytest.raises(ConfigError, match="runs its own search"):
         _plan(*TINY, "experiment=prompt_search", "dry_run=true")
+
+
+def test_a_quantised_plan_for_slurm_is_not_refused_for_the_login_node_s_missing_gpu():
+    """On this GPU-less machine QLoRA is refused when the runs would execute here, with what to do, and planned when
+    Slurm runs them elsewhere (each run checks its own node again before loading anything); a refusal that does not
+    depend on the machine (a quantised base fully fine-tuned) stays one for Slurm too."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: nothing to refuse here")
+    qlora = [*TINY, "model=tiny-llama", "task=rte", "method=lora", "model.quantization=nf4", "seeds=1", "dry_run=true"]
+    with pytest.raises(ConfigError, match="runs on a CUDA device and none is visible"):
+        _plan(*qlora)
+    with pytest.raises(ConfigError, match="runs on a CUDA device and none is visible"):
+        _plan(*qlora, "hydra/launcher=parallel")
+    p = _plan(*qlora, "hydra/launcher=slurm")
+    assert [c.method for c in p.cells] == ["lora"]
+    with pytest.raises(ConfigError, match="cannot be fully fine-tuned"):
+        _plan(*qlora, "method=full", "hydra/launcher=slurm")
 
 
 def test_a_trainer_without_a_dev_split_is_refused():

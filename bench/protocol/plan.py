@@ -114,9 +114,9 @@ def check_equal_budget(counts: dict[str, int]) -> None:
                           "give method.search grids of the same size (or use lr_factors / search=optuna n_trials=N)")
 
 
-def check_run_config(cfg: DictConfig) -> None:
+def check_run_config(cfg: DictConfig, devices_here: bool = True) -> None:
     """bench's own checks, plus what the protocol needs: a dev split to select on."""
-    checks.validate(cfg)
+    checks.validate(cfg, devices_here)
     trainer = cfg.trainer
     if "dev_samples" not in trainer or "eval_split" not in trainer:
         raise ConfigError("trainer.dev_samples / trainer.eval_split: this bench has no dev split; "
@@ -124,6 +124,17 @@ def check_run_config(cfg: DictConfig) -> None:
     if not trainer.dev_samples:
         raise ConfigError("trainer.dev_samples: the protocol selects on rows held out of train; set it "
                           "(e.g. trainer=protocol-cpu, or trainer.dev_samples=500)")
+
+
+# Hydra launchers that run the jobs on this machine; any other (Slurm's, a user's own) runs them elsewhere
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
+
+
+def launches_here(head: DictConfig) -> bool:
+    """Whether the runs execute on this machine, so that its CUDA devices and packages decide what they can do
+    (a plan submitted from a Slurm login node must not be refused because the login node has no GPU)."""
+    target = str(head.hydra.launcher.get("_target_", ""))
+    return target.rsplit(".", 1)[-1] in LOCAL_LAUNCHERS
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -167,7 +178,7 @@ def plan_cells(bench: Bench, settings: DictConfig, passthrough: list[str], given
         trials = grid(space, settings) if settings.search == "grid" else None
         n = len(trials) if trials is not None else (settings.n_trials or len(settings.lr_factors))
         probe = bench.compose([*base, *value_overrides((trials or [{}])[0]), f"trainer.eval_split={TRIAL_SPLIT}"])
-        check_run_config(probe)
+        check_run_config(probe, devices_here=launches_here(head))
         cells.append(Cell(task, model, method, base, str(cfg.task.primary_metric), space, n, trials, force))
     check_equal_budget({c.name: c.n_trials for c in cells})
     return Plan(cells, seeds, Path(head.paths.results_dir))
