@@ -265,6 +265,26 @@ def test_a_domain_shift_run_records_shift_metrics_end_to_end(compose, tmp_path):
     assert written["config"]["experiment_name"] == "domain_shift"
 
 
+def test_an_accuracy_axis_stops_at_its_bounds_where_a_seed_interval_would_pass_them(tmp_path):
+    """Two seeds at 0.6 and 0.98: the t-interval reaches far past 1, the bar is drawn clipped, and the axis ends
+    at 1.0 rather than at an accuracy no run can have."""
+    import re
+
+    from bench.report.experiment_svg import experiment_svg
+    from bench.report.svg import L
+
+    for seed, value in ((0, 0.6), (1, 0.98)):
+        _write(tmp_path, f"h1-{seed}", experiment="hard_vs_soft", method="hard_prompt", trainable=0, seed=seed,
+               value=value, method_cfg={"shots": 1},
+               throughput={"eval_tokens": 6_000, "eval_samples": 100, "virtual_positions": 0, "train_tokens": 0})
+    runs, _ = load_runs(tmp_path)
+    (plot,) = ex.hard_vs_soft_plots(runs)
+    assert plot.series[0].points[0].interval[1] > 1.5
+    ticks = [float(v) for v in re.findall(rf'<text x="{L - 6}" y="[\d.]+" text-anchor="end">([\d.]+)</text>',
+                                          experiment_svg(plot))]
+    assert max(ticks) == 1.0 and min(ticks) >= 0.0
+
+
 def test_the_domain_shift_plot_draws_each_side_s_majority_class_floor(tmp_path):
     """In-domain rows and shifted rows have their own floor: the trained task's majority class scored on each. The
     dumbbell draws both as vertical dashed lines at their value on the shared axis, labelled."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from bench.report.experiments import Plot, Point, Series, ci_text, drawn_interval
+from bench.report.experiments import UNIT_METRICS, Plot, Point, Series, ci_text, drawn_interval
 from bench.report.fmt import fmt_metric
 from bench.report.svg import B, H, L, R, T, W, empty_svg, esc, method_colors, nice_ticks, tick_values
 
@@ -45,10 +45,14 @@ def _tooltip(plot: Plot, s: Series, p: Point) -> str:
                       f"(n={p.n})", f"{plot.x_title}: {plot.x_format(p.x)}"] + (["no training"] if p.hollow else []))
 
 
-def _y_scale(values: list[float]):
+def _y_scale(values: list[float], unit: bool = False):
+    """Axis limits and step around the values; a metric bounded by [0, 1] (unit) gets no axis beyond its bounds."""
     ymin, ymax = min(values), max(values)
     pad = (ymax - ymin) * 0.08 if ymax - ymin > 1e-12 else (abs(ymax) * 0.05 or 0.05)
-    return nice_ticks(ymin - pad, ymax + pad)
+    lo, hi, step = nice_ticks(ymin - pad, ymax + pad)
+    if unit and 0.0 <= ymin and ymax <= 1.0:
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    return lo, hi, step
 
 
 def _legend(names: list[str], colors: dict[str, str], top: float, extra: list[str]) -> list[str]:
@@ -83,7 +87,8 @@ def line_plot(plot: Plot) -> str:
         return L + (math.log10(x) - lo + margin) / (hi - lo + 2 * margin) * pw
 
     spread = [p.mean for _, p in pts] + [v for _, p in pts if p.interval for v in drawn_interval(plot, p)]
-    y0, y1, step = _y_scale(spread + ([plot.baseline] if plot.baseline is not None else []))
+    y0, y1, step = _y_scale(spread + ([plot.baseline] if plot.baseline is not None else []),
+                            plot.y_title in UNIT_METRICS)
     decimals = _decimals(step)
 
     def sy(v: float) -> float:
@@ -159,7 +164,7 @@ def dumbbell(plot: Plot) -> str:
               if v is not None]
     values = [p.mean for s in rows for p in s.points] + [v for s in rows for p in s.points if p.interval
                                                           for v in drawn_interval(plot, p)] + [v for v, *_ in floors]
-    x0, x1, step = _y_scale(values)
+    x0, x1, step = _y_scale(values, plot.x_title in UNIT_METRICS)
     decimals = _decimals(step)
 
     def sx(v: float) -> float:
