@@ -226,6 +226,30 @@ def test_generation_trains_on_the_target_only_and_generates_from_left_padded_pro
     assert refs[0] == data.validation[0]["references"] and len(refs[0]) > 1
 
 
+def test_generated_tokens_leave_out_the_padding_after_a_row_that_stopped_early(compose):
+    """transformers fills a row that met its stop string with the pad token while the batch goes on: with a pad
+    distinct from EOS those positions are not output (2 + 4 tokens here, not 8), nor is anything after EOS."""
+    cfg = compose("task=gsm8k", "model=tiny-llama", "task.generation.max_new_tokens=4")
+    tokenizer = models.load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    tokenizer.pad_token = "<|endoftext|>"
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    assert pad != eos
+    pipeline = shapes.get("generation").pipeline(cfg.task, "decoder", tokenizer, cfg.trainer.max_length, "")
+    words = [100, 200, 300, 400]  # ordinary tokens
+
+    class Generates(torch.nn.Module):
+        def forward(self, input_ids):  # no position_ids: generation is called as it is
+            raise AssertionError("only generate is called")
+
+        def generate(self, input_ids, **kwargs):
+            new = torch.tensor([[words[0], words[1], pad, pad], words, [words[2], eos, words[3], pad]])
+            return torch.cat([input_ids, new], dim=1)
+
+    ids = torch.full((3, 2), words[0])
+    texts, generated = pipeline.predict(Generates(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert generated == 2 + 4 + 1 and len(texts) == 3
+
+
 @pytest.mark.parametrize("task,method", [("gsm8k", "lora"), ("e2e_nlg", "prefix"), ("e2e_nlg", "hard_prompt")])
 def test_generation_tasks_run_end_to_end(compose, task, method):
     overrides = [f"task={task}", "model=tiny-llama", f"method={method}", "trainer.eval_samples=6",

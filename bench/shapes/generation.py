@@ -118,6 +118,8 @@ class Generation(Shape):
             for row in new.tolist():
                 if eos in row:
                     row = row[:row.index(eos)]
+                while row and row[-1] == pad_id:  # a row done before its batch is filled with padding after it
+                    row.pop()
                 generated += len(row)
                 texts.append(tokenizer.decode(row, skip_special_tokens=True))
             return texts, generated
